@@ -1,0 +1,220 @@
+"""Typed, frozen run configuration and the named profiles (``smoke``, ``demo``, ``paper``).
+
+A :class:`Config` holds every setting of a run. Profiles are Configs with different
+defaults; any field can be overridden by name (``get_config("demo", max_epochs=3)``), and an
+unknown name or a value of the wrong type fails with the list of valid names. This is the
+only place where defaults live: the CLI, the notebooks and the tests all come through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+#: The paper's test share after augmentation: 1,952 of 17,385 images (its Table 2).
+PAPER_TEST_FRAC = 1952 / 17385
+
+PROTOCOLS = ("clean", "paper")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one run. Sizes in pixels, fractions in [0, 1].
+
+    Data
+        data: path of a dataset folder (``siim-png`` or ``siim-dicom`` layout), or None for
+            the built-in phantom data, generated on first use into the cache.
+        data_kind: force a layout (``siim-png``, ``siim-dicom``, ``phantom``); None detects it.
+        phantom_n / phantom_size / phantom_difficulty: the phantom set (images, native pixels,
+            difficulty >= 0; see :mod:`pneumolib.phantom`).
+        image_size: training resolution (the paper: 512); must be divisible by 16.
+        protocol: ``clean`` (split by source image, augment only train; the default) or
+            ``paper`` (augment positives first, then split: reproduces the paper's leakage).
+        test_frac / val_frac: test share of all items; validation share of the rest.
+        paper_augment: the paper's offline minority augmentation (flip + one rotation).
+        online_aug: albumentations augmentation of training batches (not in the paper).
+    Model and training
+        base_width: channels of the first U-Net block (64 in Ronneberger et al. and the paper).
+        unet_norm: ``batch`` (BatchNorm after each conv; the default) or ``none`` (the paper's
+            plain conv + ReLU blocks, as written in its section 3.3.1).
+        batch_size, lr, max_epochs, ae_max_epochs, patience, min_delta: the paper's Table 3
+            and early stopping (patience 5, min delta 0.001 on validation loss).
+        precision: ``auto`` (``16-mixed`` on CUDA, ``32`` on CPU) or any Lightning precision.
+        accelerator / devices / strategy / num_nodes: passed to Lightning's Trainer.
+        encoder_weights: ``imagenet`` (smp's own download), ``none``, or a local file
+            (torchvision ``resnet50-*.pth`` state dict or ``.safetensors``).
+        resnet_fallback_random: when ImageNet weights cannot be had, train the ResNet-50
+            scenario from random weights with a loud warning instead of failing.
+        threshold: probability above which a pixel counts as pneumothorax.
+    """
+
+    name: str = "custom"
+    # data
+    data: str | None = None
+    data_kind: str | None = None
+    phantom_n: int = 2000
+    phantom_size: int = 512
+    phantom_difficulty: float = 1.0
+    allow_phantom: bool = True
+    image_size: int = 512
+    protocol: str = "clean"
+    test_frac: float = PAPER_TEST_FRAC
+    val_frac: float = 0.1
+    paper_augment: bool = True
+    online_aug: bool = True
+    skip_bad: bool = False
+    # model
+    base_width: int = 64
+    unet_norm: str = "batch"
+    encoder_weights: str = "imagenet"
+    resnet_fallback_random: bool = False
+    # training
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_epochs: int = 50
+    ae_max_epochs: int = 50
+    patience: int = 5
+    min_delta: float = 0.001
+    threshold: float = 0.5
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 2
+    seed: int = 42
+    deterministic: bool = False
+    limit_train_batches: float = 1.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size % 16:
+            raise ConfigError(
+                f"image_size={self.image_size} is not divisible by 16: the U-Net pools four "
+                "times. Use e.g. 64, 128, 256 or 512."
+            )
+        if self.unet_norm not in ("batch", "none"):
+            raise ConfigError(f"unet_norm={self.unet_norm!r} is unknown; valid: batch, none")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol={self.protocol!r} is unknown; valid: {', '.join(PROTOCOLS)}")
+        for name in ("test_frac", "val_frac"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ConfigError(f"{name}={v} must lie strictly between 0 and 1")
+        for name in ("batch_size", "max_epochs", "base_width", "phantom_n", "phantom_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    # -- helpers -----------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``overrides`` applied; names and types are checked (strings coerced)."""
+        return dataclasses.replace(self, **coerce_overrides(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @property
+    def uses_phantom(self) -> bool:
+        return self.data is None or self.data_kind == "phantom"
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn CLI / papermill values into the field's type, or explain why not."""
+    origin = get_origin(hint)
+    if origin is Union or str(origin) == "types.UnionType":
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"parameter {name}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def coerce_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Check override names against :class:`Config` and coerce their values."""
+    hints = get_type_hints(Config)
+    unknown = sorted(set(overrides) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s): {', '.join(unknown)}. Valid names: {', '.join(field_names())}"
+        )
+    return {k: _coerce(k, v, hints[k]) for k, v in overrides.items()}
+
+
+PROFILES: dict[str, Config] = {
+    # CI: a tiny phantom, seconds per run.
+    "smoke": Config(
+        name="smoke", phantom_n=64, phantom_size=128, image_size=32, base_width=4,
+        batch_size=8, max_epochs=2, ae_max_epochs=2, patience=5, num_workers=0,
+        online_aug=True, resnet_fallback_random=True, progress=False,
+    ),
+    # The whole paper pipeline on two CPU cores in about ten minutes.
+    "demo": Config(
+        name="demo", phantom_n=800, phantom_size=256, image_size=64, base_width=8,
+        batch_size=16, lr=1e-3, max_epochs=12, ae_max_epochs=6, patience=5, num_workers=0,
+        online_aug=True, resnet_fallback_random=True,
+    ),
+    # The paper's settings exactly (its section 3 and Table 3). Real data required.
+    "paper": Config(
+        name="paper", image_size=512, base_width=64, batch_size=32, lr=1e-4, max_epochs=50,
+        ae_max_epochs=50, patience=5, min_delta=0.001, precision="16-mixed", devices="2",
+        strategy="ddp", protocol="paper", online_aug=False, allow_phantom=False, unet_norm="none",
+        num_workers=8,
+    ),
+}
+
+
+def get_config(profile: str = "demo", **overrides: Any) -> Config:
+    """The named profile with ``overrides`` applied.
+
+    Raises:
+        ConfigError: unknown profile or parameter, or an invalid value; the message lists
+            the valid names.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    cfg = PROFILES[profile].replace(**overrides) if overrides else PROFILES[profile]
+    if cfg.uses_phantom and not cfg.allow_phantom:
+        raise ConfigError(
+            f"profile {profile!r} reproduces the paper and needs the real SIIM-ACR data: pass "
+            "--data PATH (see README, 'The real data'), or allow_phantom=true to run it on the "
+            "built-in phantom anyway."
+        )
+    return cfg
