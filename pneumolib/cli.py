@@ -1,0 +1,198 @@
+"""The ``pneumo`` command.
+
+    pneumo data phantom --out DIR --n N --size S --seed K     write the built-in phantom set
+    pneumo data info PATH                                     what a data folder holds
+    pneumo pretrain --kind xray|mask                          train an autoencoder
+    pneumo train --scenario NAME                              fine-tune one scenario
+    pneumo evaluate --run DIR                                 re-evaluate a finished run
+    pneumo params                                             parameter counts of the models
+    pneumo reproduce [--profile demo|smoke|paper]             every notebook, figures, Table 4
+
+Training commands take ``--profile``, ``--data``, ``--out``, ``--seed``, ``--max-epochs`` and
+``--set KEY=VALUE`` for any other setting of :class:`pneumolib.config.Config`. Errors that
+pneumolib raises on purpose are printed without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import PROFILES, field_names, get_config
+from .errors import ConfigError, PneumoError
+
+SCENARIO_NAMES = ("random", "ae_full", "ae_full_frozen", "ae_encoder", "ae_encoder_mask_decoder", "resnet50")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that names the valid options when it meets an unknown one."""
+
+    def error(self, message: str):  # noqa: D102
+        valid = sorted({s for a in self._actions for s in a.option_strings if s.startswith("--")})
+        hint = f"\nvalid options: {' '.join(valid)}" if "unrecognized" in message and valid else ""
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES),
+                   help="settings profile (default: demo)")
+    p.add_argument("--data", help="dataset folder (siim-png or siim-dicom layout); default: the built-in phantom")
+    p.add_argument("--out", help="run folder (default: results/<profile>/<name>/)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--protocol", choices=["clean", "paper"])
+    p.add_argument("--devices", help="Lightning devices, e.g. 1, 2 or auto")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. auto, ddp")
+    p.add_argument("--precision", help="auto, 32-true, 16-mixed, bf16-mixed")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"any other setting; names: {', '.join(field_names())}")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The Config for parsed ``args``: profile defaults, then named options, then --set."""
+    return get_config(args.profile, **overrides_from_args(args))
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given explicitly on the command line, by Config field name."""
+    overrides: dict[str, Any] = {}
+    for opt, key in [("data", "data"), ("seed", "seed"), ("max_epochs", "max_epochs"),
+                     ("image_size", "image_size"), ("batch_size", "batch_size"), ("protocol", "protocol"),
+                     ("devices", "devices"), ("strategy", "strategy"), ("precision", "precision")]:
+        v = getattr(args, opt, None)
+        if v is not None:
+            overrides[key] = v
+    if getattr(args, "command", None) == "pretrain" and args.max_epochs is not None:
+        overrides["ae_max_epochs"] = args.max_epochs
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like KEY=VALUE; names: {', '.join(field_names())}")
+        k, v = item.split("=", 1)
+        overrides[k.strip().replace("-", "_")] = v.strip()
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pneumo", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = sub.add_parser("data", help="data sets: the phantom, inspecting a folder")
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    ph = dsub.add_parser("phantom", help="write the built-in phantom set in the siim-png layout")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--n", type=int, default=2000)
+    ph.add_argument("--size", type=int, default=512)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--difficulty", type=float, default=None, help="0 = obvious; default: calibrated")
+    ph.add_argument("--workers", type=int, default=None)
+    info = dsub.add_parser("info", help="detect a folder's layout and count its images")
+    info.add_argument("path")
+    info.add_argument("--kind")
+    info.add_argument("--skip-bad", action="store_true")
+
+    pre = sub.add_parser("pretrain", help="train the X-ray or mask autoencoder (MSE)")
+    pre.add_argument("--kind", required=True, choices=["xray", "mask"])
+    _run_options(pre)
+
+    tr = sub.add_parser("train", help="fine-tune one transfer scenario for segmentation")
+    tr.add_argument("--scenario", required=True, choices=SCENARIO_NAMES)
+    tr.add_argument("--ae-dir", help="folder with the ae_xray/ae_mask runs (default: the profile's results)")
+    _run_options(tr)
+
+    ev = sub.add_parser("evaluate", help="re-evaluate a finished run's model on its val and test splits")
+    ev.add_argument("--run", required=True, help="run folder holding model.pt and config.json")
+    _run_options(ev)
+
+    sub.add_parser("params", help="parameter counts of the paper U-Net (base 64) and the ResNet-50 U-Net")
+
+    rep = sub.add_parser("reproduce", help="run every notebook with papermill; write figures and Table 4")
+    rep.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    rep.add_argument("--data")
+    rep.add_argument("--force", action="store_true", help="rerun notebooks that already completed")
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "phantom":
+        import time
+
+        from . import phantom
+
+        kw = {} if args.difficulty is None else {"difficulty": args.difficulty}
+        t0 = time.perf_counter()
+        out = phantom.write_phantom(args.out, n=args.n, size=args.size, seed=args.seed,
+                                    workers=args.workers, **kw)
+        print(f"wrote {args.n} phantom images ({args.size} px) to {out} in {time.perf_counter() - t0:.1f} s")
+        return 0
+    from .data import open_source
+
+    src = open_source(args.path, kind=args.kind, skip_bad=args.skip_bad)
+    pos = sum(1 for r in src.records if r.has_pneumo == 1)
+    neg = sum(1 for r in src.records if r.has_pneumo == 0)
+    splits: dict[str, int] = {}
+    for r in src.records:
+        splits[str(r.split)] = splits.get(str(r.split), 0) + 1
+    print(json.dumps({"kind": src.kind, "root": str(src.root), "images": len(src), "positive": pos,
+                      "negative": neg, "unknown": len(src) - pos - neg, "by_source_split": splits,
+                      "skipped": len(src.skipped)}, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    res = evaluate_run(args.run, overrides_from_args(args), out=args.out)
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            return _cmd_data(args)
+        if args.command == "params":
+            from .models import param_table
+
+            print(param_table())
+            return 0
+        if args.command == "reproduce":
+            from .reproduce import reproduce
+
+            return reproduce(profile=args.profile, data=args.data, force=args.force, sets=args.set)
+        cfg = config_from_args(args)
+        from . import train
+
+        if args.command == "pretrain":
+            res = train.pretrain(cfg, args.kind, out=args.out, resume=args.resume)
+        elif args.command == "train":
+            res = train.train_scenario(cfg, args.scenario, out=args.out, ae_dir=args.ae_dir, resume=args.resume)
+        elif args.command == "evaluate":
+            return _cmd_evaluate(args)
+        else:  # pragma: no cover - argparse rejects unknown commands
+            raise ConfigError(f"unknown command {args.command}")
+        if res:
+            test = res.get("test", {})
+            keys = [k for k in ("dice_pooled", "iou_pooled", "dice_per_image", "dice_positive", "auc", "mse")
+                    if k in test]
+            print(f"{res.get('name')}: best epoch {res.get('best_epoch')}, test " +
+                  ", ".join(f"{k}={test[k]:.4f}" for k in keys) + f"  ({Path(args.out or '') or ''})")
+        return 0
+    except PneumoError as e:
+        print(f"pneumo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pneumo: interrupted; finished files are kept. Continue a training run with --resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Run folders: atomic writes, provenance, and reading finished runs back.
+
+A run folder (``results/<profile>/<name>/``) holds ``config.json``, ``epochs.csv`` (one row
+per epoch), ``metrics.json`` (the best checkpoint's metrics and where the run came from),
+``test_per_image.csv`` (per-image counts and scores, the raw material of every later table),
+``checkpoints/`` and ``logs/``. Every file is written to a temporary name and renamed into
+place, so a crash never leaves a half-written file that later steps would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__, paths
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_write_csv(path: Path | str, df: pd.DataFrame) -> Path:
+    return atomic_write_text(path, df.to_csv(index=False))
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> Path:
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def git_commit(root: Path | None = None) -> dict[str, Any]:
+    """The commit of the checkout holding pneumolib, and whether it has uncommitted changes."""
+    root = root or paths.home()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    names = ["torch", "torchvision", "pytorch-lightning", "segmentation-models-pytorch", "timm",
+             "albumentations", "numpy", "pandas", "pydicom", "pillow", "opencv-python-headless",
+             "papermill"]
+    out: dict[str, str | None] = {"pneumolib": __version__, "python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def provenance(cfg: Any = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where a result came from: time, command, git commit, versions, device, config."""
+    out: dict[str, Any] = {
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "git": git_commit(),
+        "versions": package_versions(),
+        "device": device_info(),
+    }
+    if cfg is not None:
+        out["config"] = cfg.to_dict()
+    if extra:
+        out.update(extra)
+    return out
+
+
+# -- reading runs back ------------------------------------------------------------------
+def read_run(folder: Path | str) -> dict[str, Any]:
+    """A finished run: ``{"name", "folder", "metrics" (dict), "epochs" (DataFrame)}``.
+
+    Raises:
+        FileNotFoundError: the folder has no ``metrics.json`` (the run did not finish).
+    """
+    folder = Path(folder)
+    mpath = folder / "metrics.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"{mpath} is missing: the run in {folder} has not finished")
+    metrics = json.loads(mpath.read_text())
+    epochs = pd.read_csv(folder / "epochs.csv") if (folder / "epochs.csv").exists() else pd.DataFrame()
+    return {"name": folder.name, "folder": folder, "metrics": metrics, "epochs": epochs}
+
+
+def read_runs(profile_dir: Path | str, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """All finished runs under ``results/<profile>/`` (or only ``names``), keyed by name."""
+    profile_dir = Path(profile_dir)
+    out = {}
+    folders = [profile_dir / n for n in names] if names else sorted(p for p in profile_dir.iterdir() if p.is_dir())
+    for f in folders:
+        try:
+            out[f.name] = read_run(f)
+        except FileNotFoundError:
+            continue
+    return out
