@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -132,7 +133,7 @@ def field_names() -> list[str]:
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Turn CLI / papermill values into the field's type, or explain why not."""
     origin = get_origin(hint)
-    if origin is Union or str(origin) == "types.UnionType":
+    if origin is Union or origin is types.UnionType:
         args = [a for a in get_args(hint) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None

@@ -1,0 +1,267 @@
+"""The registry of the paper's six initialisations of the segmentation U-Net (its Table 4).
+
+A :class:`Scenario` says which architecture is trained, where the encoder and decoder
+weights come from (``None`` = random, ``"xray"`` / ``"mask"`` = the X-ray / mask
+autoencoder, pretrained by ``pneumo pretrain --kind xray|mask``), and whether the encoder
+is frozen. :func:`build_model` turns a scenario name into a ready model; adding a scenario
+is one entry in :data:`SCENARIOS`.
+
+"Encoder" of the paper U-Net means ``encoder.*`` and ``bottleneck.*``; "decoder" means
+``decoder.*`` and ``head.*`` (see :data:`pneumolib.models.ENCODER_PREFIXES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError, WeightsError
+from .models import (
+    DECODER_PREFIXES,
+    ENCODER_PREFIXES,
+    SMP_ENCODER_PREFIXES,
+    build_unet,
+    freeze_encoder,
+    resnet50_unet,
+)
+
+__all__ = [
+    "Scenario", "SCENARIOS", "PAPER_GROUPS", "AE_KINDS", "get_scenario", "build_model",
+    "transfer_weights", "transfer_report",
+]
+
+#: Autoencoder kinds a scenario can draw weights from.
+AE_KINDS = ("xray", "mask")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One initialisation of the segmentation model.
+
+    Attributes:
+        name: registry key (also the papermill parameter and the results folder name).
+        label: the row label of the paper's Table 4.
+        arch: ``"unet"`` (the paper's U-Net) or ``"resnet50"`` (smp U-Net, ImageNet encoder).
+        encoder_from: ``None`` (random; ImageNet for ``resnet50``) or ``"xray"``.
+        decoder_from: ``None`` (random), ``"xray"`` or ``"mask"``.
+        freeze_encoder: encoder (+ bottleneck) without gradients, BatchNorm in eval mode.
+        paper_dice / paper_iou: the paper's Table 4 numbers (pooled, test split).
+    """
+
+    name: str
+    label: str
+    arch: str
+    encoder_from: str | None
+    decoder_from: str | None
+    freeze_encoder: bool
+    paper_dice: float
+    paper_iou: float
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("unet", "resnet50"):
+            raise ConfigError(f"scenario {self.name!r}: arch={self.arch!r}; valid: unet, resnet50")
+        for part in ("encoder_from", "decoder_from"):
+            src = getattr(self, part)
+            if src is not None and src not in AE_KINDS:
+                raise ConfigError(f"scenario {self.name!r}: {part}={src!r}; valid: None, {', '.join(AE_KINDS)}")
+        if self.arch == "resnet50" and (self.encoder_from or self.decoder_from):
+            raise ConfigError(f"scenario {self.name!r}: the ResNet-50 U-Net takes no autoencoder weights")
+
+    @property
+    def needs(self) -> set[str]:
+        """The autoencoder kinds that must be pretrained first (subset of ``{"xray", "mask"}``)."""
+        return {s for s in (self.encoder_from, self.decoder_from) if s is not None}
+
+    def claims(self) -> list[tuple[tuple[str, ...], str]]:
+        """``[(state-dict prefixes, autoencoder kind)]`` this scenario transfers."""
+        out = []
+        if self.encoder_from:
+            out.append((ENCODER_PREFIXES, self.encoder_from))
+        if self.decoder_from:
+            out.append((DECODER_PREFIXES, self.decoder_from))
+        return out
+
+
+def _s(*args) -> Scenario:
+    return Scenario(*args)
+
+
+#: The paper's six scenarios, in Table 4's order (best first).
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        #  name                       label                                   arch        enc     dec     frozen dice  iou
+        _s("resnet50",                "ResNet-50 Encoder",                    "resnet50", None,   None,   False, 0.60, 0.44),
+        _s("ae_encoder",              "Pretrained encoder only",              "unet",     "xray", None,   False, 0.53, 0.38),
+        _s("ae_encoder_mask_decoder", "Pretrained encoder and decoder",       "unet",     "xray", "mask", False, 0.53, 0.38),
+        _s("random",                  "Randomly initialized",                 "unet",     None,   None,   False, 0.50, 0.36),
+        _s("ae_full",                 "Autoencoder weights",                  "unet",     "xray", "xray", False, 0.48, 0.34),
+        _s("ae_full_frozen",          "Autoencoder weights (frozen encoder)", "unet",     "xray", "xray", True,  0.23, 0.13),
+    )
+}
+
+#: Scenario groups of the paper's Figures 5-7 (four panels each: train loss, validation
+#: loss, test Dice, test IoU). ``None`` in figure7 is "the best autoencoder scenario",
+#: chosen at plot time from the results.
+PAPER_GROUPS: dict[str, list[str | None]] = {
+    "figure5": ["random", "ae_full", "ae_full_frozen"],
+    "figure6": ["random", "ae_encoder", "ae_encoder_mask_decoder"],
+    "figure7": ["random", None, "resnet50"],
+}
+
+
+def get_scenario(name: str | Scenario) -> Scenario:
+    """The registered scenario ``name``; ConfigError listing the valid names otherwise."""
+    if isinstance(name, Scenario):
+        return name
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown scenario {name!r}; valid scenarios: {', '.join(SCENARIOS)}"
+        ) from None
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return key.startswith(prefixes)
+
+
+def transfer_weights(
+    model: nn.Module, scenario: Scenario, ae_states: Mapping[str, Mapping[str, torch.Tensor]] | None
+) -> dict[str, str]:
+    """Copy the prefixes ``scenario`` claims from the autoencoder state dicts into ``model``.
+
+    Strict: every model key under a claimed prefix must be in the autoencoder's state dict
+    with the same shape, and the autoencoder may have no extra key under it.
+
+    Returns:
+        ``{state-dict key: autoencoder kind}`` for the keys copied.
+
+    Raises:
+        WeightsError: a required autoencoder state is missing (names the ``pneumo pretrain``
+            command to run), or keys / shapes do not match (names scenario, key and shapes).
+    """
+    ae_states = ae_states or {}
+    missing_kinds = sorted(k for k in scenario.needs if ae_states.get(k) is None)
+    if missing_kinds:
+        runs = " and ".join(f"`pneumo pretrain --kind {k}`" for k in missing_kinds)
+        raise WeightsError(
+            f"scenario {scenario.name!r} needs the {' and '.join(missing_kinds)} autoencoder "
+            f"weights, which were not given: run {runs} first (same base_width and unet_norm)."
+        )
+    own = model.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    for prefixes, kind in scenario.claims():
+        ae = ae_states[kind]
+        wanted = [k for k in own if _under(k, prefixes)]
+        extra = sorted(k for k in ae if _under(k, prefixes) and k not in own)
+        for key in wanted:
+            if key not in ae:
+                example = ", ".join(list(ae)[:3])
+                raise WeightsError(
+                    f"scenario {scenario.name!r}: key {key!r} is missing from the {kind} "
+                    f"autoencoder's state dict (its keys start: {example}). Was it trained "
+                    "with the same unet_norm, and saved as UNet.state_dict()?"
+                )
+            if tuple(ae[key].shape) != tuple(own[key].shape):
+                raise WeightsError(
+                    f"scenario {scenario.name!r}: key {key!r} has shape {tuple(ae[key].shape)} in "
+                    f"the {kind} autoencoder but {tuple(own[key].shape)} in the model. Pretrain "
+                    "the autoencoder with the same base_width / unet_norm as the segmentation run."
+                )
+            new[key] = ae[key].detach()
+            sources[key] = kind
+        if extra:
+            raise WeightsError(
+                f"scenario {scenario.name!r}: the {kind} autoencoder has keys the model lacks "
+                f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); was it trained "
+                "with another unet_norm?"
+            )
+    if new:
+        model.load_state_dict(new, strict=False)
+    return sources
+
+
+def build_model(
+    name: str | Scenario,
+    cfg,
+    ae_states: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> nn.Module:
+    """The segmentation model of scenario ``name``, initialised and frozen as it says.
+
+    Args:
+        name: a key of :data:`SCENARIOS` (or a :class:`Scenario`).
+        cfg: a :class:`~pneumolib.config.Config` (``base_width``, ``unet_norm``,
+            ``encoder_weights``, ``resnet_fallback_random``).
+        ae_states: ``{"xray": state_dict, "mask": state_dict}`` of the autoencoder
+            :class:`~pneumolib.models.UNet` s (keys as ``UNet.state_dict()``); only the kinds
+            in ``scenario.needs`` are used.
+
+    Returns:
+        ``(N, 1, H, W) -> (N, 1, H, W)`` logits model, with attributes ``scenario`` (the
+        name) and ``weights_sources`` (``{key: "xray" | "mask"}`` of the transferred keys);
+        the ResNet-50 model also has ``weights_source`` (see
+        :func:`~pneumolib.models.resnet50_unet`).
+
+    Raises:
+        ConfigError: unknown scenario. WeightsError: see :func:`transfer_weights` and
+        :func:`~pneumolib.models.resnet50_unet`.
+    """
+    sc = get_scenario(name)
+    if sc.arch == "resnet50":
+        model = resnet50_unet(
+            in_channels=1, classes=1, encoder_weights=cfg.encoder_weights,
+            fallback_random=cfg.resnet_fallback_random,
+        )
+        sources: dict[str, str] = {}
+    else:
+        model = build_unet(cfg, in_channels=1, out_channels=1)
+        sources = transfer_weights(model, sc, ae_states)
+    if sc.freeze_encoder:
+        freeze_encoder(model)
+    model.scenario = sc.name
+    model.weights_sources = sources
+    return model
+
+
+def transfer_report(
+    model: nn.Module,
+    ae_states: Mapping[str, Mapping[str, torch.Tensor]] | None,
+    scenario: str | Scenario,
+) -> dict[str, str]:
+    """``{parameter/buffer name: source}`` for every entry of ``model.state_dict()``.
+
+    Sources: ``"xray"`` / ``"mask"`` (copied from that autoencoder), ``"random"``, and for
+    the ResNet-50 encoder ``"imagenet"``, ``"file:<path>"`` or ``"random"`` (from the
+    model's ``weights_source``). Entries of the frozen part get the suffix ``" (frozen)"``.
+    Derived from the scenario's claims, after checking that each claimed key is present in
+    the given autoencoder state (``ae_states`` may be None for scenarios that need none).
+    """
+    sc = get_scenario(scenario)
+    ae_states = ae_states or {}
+    frozen_prefixes = tuple(getattr(model, "frozen_prefixes", ()) or ())
+    report: dict[str, str] = {}
+    if sc.arch == "resnet50":
+        ws = getattr(model, "weights_source", "none")
+        enc_src = "random" if ws == "none" or ws.startswith("random") else ws
+        claims = [(SMP_ENCODER_PREFIXES, enc_src)]
+    else:
+        claims = sc.claims()
+    for key in model.state_dict():
+        src = "random"
+        for prefixes, kind in claims:
+            if _under(key, prefixes):
+                if kind in AE_KINDS and key not in ae_states.get(kind, {}):
+                    raise WeightsError(
+                        f"scenario {sc.name!r}: key {key!r} claimed from the {kind} "
+                        "autoencoder is not in the state dict given"
+                    )
+                src = kind
+        if frozen_prefixes and _under(key, frozen_prefixes):
+            src += " (frozen)"
+        report[key] = src
+    return report

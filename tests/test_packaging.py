@@ -1,0 +1,45 @@
+"""environment.yml and pyproject.toml must declare the same dependencies."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _env_pip_requirements() -> list[str]:
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    reqs, in_pip = [], False
+    for line in lines:
+        s = line.strip()
+        if s.startswith("- pip:"):
+            in_pip = True
+            continue
+        if in_pip and s.startswith("- "):
+            reqs.append(s[2:].strip())
+    return reqs
+
+
+def test_environment_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = [r for r in _env_pip_requirements() if not r.startswith("-e")]
+    assert sorted(declared, key=_name) == sorted(env, key=_name), (
+        "environment.yml's pip section and pyproject.toml differ: keep them identical")
+    assert "-e ." in _env_pip_requirements(), "environment.yml must install this package"
+
+
+def test_jpeg_decoder_declared():
+    names = {_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert {"pydicom", "pylibjpeg", "pylibjpeg-libjpeg"} <= names
+
+
+def test_ci_runs_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    cmd = "./setup.sh && .venv/bin/python -m pytest"
+    assert cmd in readme and cmd in ci
