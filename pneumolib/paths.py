@@ -45,4 +45,7 @@ def papermill_dir(profile: str) -> Path:
 
 
 def notebooks_dir() -> Path:
-    return home() / "notebooks"
+    """The notebook templates: those of the checkout holding this package (inputs, not outputs,
+    so ``$PNEUMO_HOME`` does not move them), else ``<home>/notebooks``."""
+    checkout = PACKAGE_DIR.parent / "notebooks"
+    return checkout if checkout.is_dir() else home() / "notebooks"

@@ -85,21 +85,18 @@ class Scenario:
         return out
 
 
-def _s(*args) -> Scenario:
-    return Scenario(*args)
-
-
 #: The paper's six scenarios, in Table 4's order (best first).
+_S = Scenario  # short alias for the table below
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        #  name                       label                                   arch        enc     dec     frozen dice  iou
-        _s("resnet50",                "ResNet-50 Encoder",                    "resnet50", None,   None,   False, 0.60, 0.44),
-        _s("ae_encoder",              "Pretrained encoder only",              "unet",     "xray", None,   False, 0.53, 0.38),
-        _s("ae_encoder_mask_decoder", "Pretrained encoder and decoder",       "unet",     "xray", "mask", False, 0.53, 0.38),
-        _s("random",                  "Randomly initialized",                 "unet",     None,   None,   False, 0.50, 0.36),
-        _s("ae_full",                 "Autoencoder weights",                  "unet",     "xray", "xray", False, 0.48, 0.34),
-        _s("ae_full_frozen",          "Autoencoder weights (frozen encoder)", "unet",     "xray", "xray", True,  0.23, 0.13),
+        #    name                      label                                   arch        enc     dec     frozen dice  iou
+        _S("resnet50",                "ResNet-50 Encoder",                    "resnet50", None,   None,   False, 0.60, 0.44),
+        _S("ae_encoder",              "Pretrained encoder only",              "unet",     "xray", None,   False, 0.53, 0.38),
+        _S("ae_encoder_mask_decoder", "Pretrained encoder and decoder",       "unet",     "xray", "mask", False, 0.53, 0.38),
+        _S("random",                  "Randomly initialized",                 "unet",     None,   None,   False, 0.50, 0.36),
+        _S("ae_full",                 "Autoencoder weights",                  "unet",     "xray", "xray", False, 0.48, 0.34),
+        _S("ae_full_frozen",          "Autoencoder weights (frozen encoder)", "unet",     "xray", "xray", True,  0.23, 0.13),
     )
 }
 
@@ -237,13 +234,12 @@ def transfer_report(
 
     Sources: ``"xray"`` / ``"mask"`` (copied from that autoencoder), ``"random"``, and for
     the ResNet-50 encoder ``"imagenet"``, ``"file:<path>"`` or ``"random"`` (from the
-    model's ``weights_source``). Entries of the frozen part get the suffix ``" (frozen)"``.
-    Derived from the scenario's claims, after checking that each claimed key is present in
-    the given autoencoder state (``ae_states`` may be None for scenarios that need none).
+    model's ``weights_source``). Derived from the scenario's claims; a claimed key missing
+    from a given autoencoder state is a WeightsError (kinds not in ``ae_states`` are not
+    checked). Which parameters are frozen: ``requires_grad``.
     """
     sc = get_scenario(scenario)
     ae_states = ae_states or {}
-    frozen_prefixes = tuple(getattr(model, "frozen_prefixes", ()) or ())
     report: dict[str, str] = {}
     if sc.arch == "resnet50":
         ws = getattr(model, "weights_source", "none")
@@ -255,13 +251,11 @@ def transfer_report(
         src = "random"
         for prefixes, kind in claims:
             if _under(key, prefixes):
-                if kind in AE_KINDS and key not in ae_states.get(kind, {}):
+                if kind in AE_KINDS and kind in ae_states and key not in ae_states[kind]:
                     raise WeightsError(
                         f"scenario {sc.name!r}: key {key!r} claimed from the {kind} "
                         "autoencoder is not in the state dict given"
                     )
                 src = kind
-        if frozen_prefixes and _under(key, frozen_prefixes):
-            src += " (frozen)"
         report[key] = src
     return report
