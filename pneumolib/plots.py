@@ -1,0 +1,385 @@
+"""Figures, drawn only from run files (``epochs.csv``, ``metrics.json``) or EDA tables.
+
+The paper's Figures 5-7 each show one group of scenarios in four panels per epoch:
+(a) train loss, (b) validation loss, (c) test Dice, (d) test IoU. Panels (c) and (d) plot
+the **pooled** Dice / IoU of the test split (``epochs.csv`` columns ``test_dice`` /
+``test_iou``: intersections and areas summed over the test set). The per-image (Kaggle)
+score is in :func:`plot_extra_metrics`.
+
+Every function returns a :class:`matplotlib.figure.Figure` and never calls ``show``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .tables import AE_SCENARIOS, scenario_info
+
+#: The four panels of Figures 5-7: (epochs.csv column, panel title, y label).
+PANELS = (
+    ("train_loss", "(a) Train Loss", "BCE + Dice loss"),
+    ("val_loss", "(b) Validation Loss", "BCE + Dice loss"),
+    ("test_dice", "(c) Test DICE Coefficient (pooled)", "Dice (pooled over test set)"),
+    ("test_iou", "(d) Test IoU Coefficient (pooled)", "IoU (pooled over test set)"),
+)
+
+#: The paper's groups. Figure 7's middle entry is chosen from the results (:func:`best_ae_scenario`).
+FIGURE5 = ("random", "ae_full", "ae_full_frozen")
+FIGURE6 = ("random", "ae_encoder", "ae_encoder_mask_decoder")
+FIGURE_TITLES = {
+    "figure5": "Figure 5: first group (X-ray autoencoder encoder + decoder)",
+    "figure6": "Figure 6: second group (X-ray autoencoder encoder; random or mask-autoencoder decoder)",
+    "figure7": "Figure 7: final selection (random, best autoencoder scenario, ResNet-50 encoder)",
+}
+
+_COLORS = {
+    "random": "#444444", "ae_full": "#1f77b4", "ae_full_frozen": "#9ecae1", "ae_encoder": "#2ca02c",
+    "ae_encoder_mask_decoder": "#ff7f0e", "resnet50": "#d62728",
+}
+
+
+def _style() -> None:
+    try:
+        import seaborn as sns
+
+        sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    except ImportError:  # pragma: no cover - seaborn is a dependency
+        plt.style.use("ggplot")
+
+
+def _label(name: str, run: Mapping[str, Any] | None) -> str:
+    return str(scenario_info(name, run)["label"] or name)
+
+
+def _x(epochs: pd.DataFrame) -> np.ndarray:
+    """Epochs counted from 1, as the paper's axes (``epochs.csv`` counts from 0)."""
+    return epochs["epoch"].to_numpy() + 1
+
+
+def figure_group(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str], title: str = "",
+                 panels: Sequence[tuple[str, str, str]] = PANELS) -> Figure:
+    """The paper's four-panel figure for one group of scenarios.
+
+    Args:
+        runs: ``{name: run}`` from :func:`pneumolib.runio.read_runs`.
+        names: scenario names, one line each, labelled with the paper's label. A name
+            without a finished run is listed in the legend as missing.
+        title: the figure's title.
+        panels: ``(column, title, ylabel)`` per panel; default :data:`PANELS`.
+
+    Returns:
+        A figure with ``len(panels)`` axes (2 x 2 for the paper's four). The best epoch
+        (lowest validation loss, the checkpoint Table 4 evaluates) is marked on every line.
+    """
+    _style()
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    axes_flat = axes.ravel()
+    for ax in axes_flat[len(panels):]:
+        ax.remove()
+    missing = []
+    for name in names:
+        run = runs.get(name)
+        label = _label(name, run)
+        if run is None or run.get("epochs") is None or len(run["epochs"]) == 0:
+            missing.append(label)
+            continue
+        ep = run["epochs"].sort_values("epoch")
+        best = run["metrics"].get("best_epoch")
+        for ax, (col, _, _) in zip(axes_flat, panels):
+            if col not in ep.columns:
+                continue
+            x, y = _x(ep), ep[col].to_numpy(dtype=float)
+            (line,) = ax.plot(x, y, marker="o", markersize=3, linewidth=1.6, label=label,
+                              color=_COLORS.get(name))
+            if best is not None and (ep["epoch"] == best).any():
+                ax.plot([best + 1], [float(ep.loc[ep["epoch"] == best, col].iloc[0])], marker="*",
+                        markersize=11, color=line.get_color(), markeredgecolor="black", linestyle="none")
+    for ax, (col, ptitle, ylabel) in zip(axes_flat, panels):
+        ax.set_title(ptitle)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if col in ("test_dice", "test_iou"):
+            ax.set_ylim(bottom=0)
+    handles, labels = axes_flat[0].get_legend_handles_labels()
+    if missing:
+        handles += [plt.Line2D([], [], linestyle="none")] * len(missing)
+        labels += [f"{m} (missing: no finished run)" for m in missing]
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle((title + "\n" if title else "") + "star = best epoch by validation loss", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def best_ae_scenario(runs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The autoencoder scenario with the highest test ``dice_pooled`` (from ``metrics.json``).
+
+    Considers :data:`pneumolib.tables.AE_SCENARIOS`; NaN or missing scores are skipped;
+    ties go to the earlier name. None when no autoencoder scenario has a score.
+    """
+    best, best_score = None, -math.inf
+    for name in AE_SCENARIOS:
+        run = runs.get(name)
+        if run is None:
+            continue
+        score = (run["metrics"].get("test") or {}).get("dice_pooled")
+        try:
+            score = float(score)
+        except (TypeError, ValueError):
+            continue
+        if not math.isnan(score) and score > best_score:
+            best, best_score = name, score
+    return best
+
+
+def figure7_names(runs: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    best = best_ae_scenario(runs)
+    return ("random",) + ((best,) if best else ()) + ("resnet50",)
+
+
+def figure5(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Figure 5: random, X-ray AE encoder + decoder, the same with the encoder frozen."""
+    return figure_group(runs, FIGURE5, FIGURE_TITLES["figure5"])
+
+
+def figure6(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Figure 6: random, X-ray AE encoder only, X-ray AE encoder + mask-AE decoder."""
+    return figure_group(runs, FIGURE6, FIGURE_TITLES["figure6"])
+
+
+def figure7(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Figure 7: random, the best autoencoder scenario (highest test pooled Dice), ResNet-50."""
+    best = best_ae_scenario(runs)
+    note = f"\nbest autoencoder scenario (highest test pooled Dice): {_label(best, runs.get(best))}" if best else \
+        "\nno autoencoder scenario has finished"
+    return figure_group(runs, figure7_names(runs), FIGURE_TITLES["figure7"] + note)
+
+
+def save_figure(fig: Figure, path: Path | str, dpi: int = 100) -> Path:
+    """Save ``fig`` atomically (temporary file + rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; figures are for everyone
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def save_figures(runs: Mapping[str, Mapping[str, Any]], folder: Path | str, dpi: int = 100) -> dict[str, Path]:
+    """Write ``figure5.png``, ``figure6.png``, ``figure7.png`` and ``extra_metrics.png``."""
+    folder = Path(folder)
+    out = {}
+    for name, fn in (("figure5", figure5), ("figure6", figure6), ("figure7", figure7),
+                     ("extra_metrics", plot_extra_metrics)):
+        out[name] = save_figure(fn(runs), folder / f"{name}.png", dpi=dpi)
+    return out
+
+
+#: Panels of :func:`plot_extra_metrics`.
+EXTRA_PANELS = (
+    ("test_dice_per_image", "Test Kaggle score (per-image Dice, empty/empty = 1)", "mean per-image Dice"),
+    ("test_dice_positive", "Test Dice on positive images only", "mean per-image Dice"),
+    ("test_auc", "Test image-level AUC (max probability)", "AUC"),
+)
+
+
+def plot_extra_metrics(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str] | None = None) -> Figure:
+    """Per-epoch metrics beyond the paper: Kaggle score, Dice on positives, AUC.
+
+    The Kaggle panel draws, per run, the score of predicting every mask empty on its test
+    split (dashed), the bar any segmentation must clear on that metric.
+    """
+    from .tables import TABLE4_ORDER
+
+    names = list(names) if names is not None else [n for n in TABLE4_ORDER if n in runs] or \
+        [n for n, r in runs.items() if r["metrics"].get("task", "seg") == "seg"]
+    _style()
+    fig, axes = plt.subplots(1, len(EXTRA_PANELS), figsize=(5.0 * len(EXTRA_PANELS), 3.8), squeeze=False)
+    axes = axes.ravel()
+    baselines = set()
+    for name in names:
+        run = runs.get(name)
+        if run is None or len(run.get("epochs", [])) == 0:
+            continue
+        ep = run["epochs"].sort_values("epoch")
+        for ax, (col, _, _) in zip(axes, EXTRA_PANELS):
+            if col in ep.columns:
+                ax.plot(_x(ep), ep[col].to_numpy(dtype=float), marker="o", markersize=3,
+                        label=_label(name, run), color=_COLORS.get(name))
+        b = (run["metrics"].get("test") or {}).get("empty_baseline_dice_per_image")
+        if b is not None and not (isinstance(b, float) and math.isnan(b)):
+            baselines.add(round(float(b), 4))
+    for b in sorted(baselines):
+        axes[0].axhline(b, linestyle="--", color="gray", linewidth=1,
+                        label=f"all-empty prediction ({b:.3f})")
+    for ax, (_, title, ylabel) in zip(axes, EXTRA_PANELS):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Additional test metrics per epoch (not in the paper)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def plot_loss_curves(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str] = ("ae_xray", "ae_mask")) -> Figure:
+    """Train / validation / test loss per epoch of each run in ``names`` (one panel each).
+
+    Used for the autoencoders (MSE).
+    """
+    _style()
+    fig, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+        run = runs.get(name)
+        ax.set_title(name if run else f"{name} (missing: no finished run)")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel("loss (MSE)" if name.startswith("ae_") else "loss")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if run is None or len(run["epochs"]) == 0:
+            continue
+        ep = run["epochs"].sort_values("epoch")
+        for col in ("train_loss", "val_loss", "test_loss"):
+            if col in ep.columns:
+                ax.plot(_x(ep), ep[col].to_numpy(dtype=float), marker="o", markersize=3, label=col)
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# -- EDA and augmentation figures --------------------------------------------------------
+def overlay_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None,
+                 titles: Sequence[str] | None = None, ncols: int = 4, alpha: float = 0.4,
+                 size: float = 2.6) -> Figure:
+    """Images with their masks overlaid in red.
+
+    Args:
+        images: ``(H, W)`` arrays, float in [0, 1] or uint8.
+        masks: ``(H, W)`` bool per image (None: images only). Contours are drawn too, so
+            small masks stay visible.
+        titles: one per image.
+    """
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255 if np.asarray(images[i]).dtype == np.uint8 else 1)
+        if masks is not None and masks[i] is not None and np.asarray(masks[i]).any():
+            m = np.asarray(masks[i]).astype(bool)
+            rgba = np.zeros((*m.shape, 4), dtype=np.float32)
+            rgba[m] = (1.0, 0.1, 0.1, alpha)
+            ax.imshow(rgba)
+            ax.contour(m.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+        if titles is not None and i < len(titles):
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def augmentation_figure(examples: Mapping[str, Mapping[str, np.ndarray]], what: str = "image",
+                        title: str | None = None) -> Figure:
+    """The paper's Figure 2 (``what="image"``) or Figure 3 (``what="mask"``).
+
+    Args:
+        examples: from :func:`pneumolib.eda.augmentation_examples`:
+            ``{"original": {"image", "mask"}, "flipped": {...}, "rotated (+4.2 deg)": {...}}``.
+    """
+    keys = list(examples)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), squeeze=False)
+    for ax, k in zip(axes.ravel(), keys):
+        a = np.asarray(examples[k][what])
+        ax.imshow(a, cmap="gray", vmin=0, vmax=1 if a.dtype != np.uint8 else 255, interpolation="nearest")
+        ax.set_title(k, fontsize=9)
+        ax.axis("off")
+    default = {"image": "Figure 2: an X-ray and its augmentations", "mask": "Figure 3: its mask and the same augmentations"}
+    fig.suptitle(title or default.get(what, what), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def area_histogram(areas: pd.DataFrame, column: str = "area_frac", bins: int = 40) -> Figure:
+    """Distribution of mask sizes of positive images (``eda.mask_areas`` output), log x axis."""
+    _style()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    v = areas[column].to_numpy(dtype=float)
+    v = v[v > 0]
+    if v.size:
+        edges = np.logspace(np.log10(v.min()), np.log10(v.max()) + 1e-9, bins)
+        ax.hist(v, bins=edges, color="#1f77b4", edgecolor="white")
+        ax.set_xscale("log")
+        ax.axvline(float(np.median(v)), color="black", linestyle="--", linewidth=1,
+                   label=f"median {np.median(v):.3g}")
+        ax.legend(frameon=False)
+    ax.set_xlabel("mask area (fraction of the image)" if column == "area_frac" else column)
+    ax.set_ylabel("positive images")
+    ax.set_title(f"Pneumothorax mask sizes (n = {v.size})")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(h: np.ndarray, title: str = "Where the masks lie (share of positive images per pixel)") -> Figure:
+    """A ``(S, S)`` frequency map in [0, 1] (``eda.mask_heatmap``), patient's right on the left."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(h, cmap="magma", vmin=0)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_grid(rec: Mapping[str, np.ndarray], title: str = "") -> Figure:
+    """Rows = examples; columns = the arrays of ``rec`` (``eda.reconstructions`` output).
+
+    Each value is ``(N, H, W)``; every column shares the grey scale of the first one
+    (its 1st-99th percentile), so that errors show as differences in brightness.
+    """
+    cols = [k for k in rec if isinstance(rec[k], np.ndarray) and rec[k].ndim == 3]
+    n = rec[cols[0]].shape[0] if cols else 0
+    fig, axes = plt.subplots(max(n, 1), max(len(cols), 1), figsize=(2.4 * max(len(cols), 1), 2.4 * max(n, 1)),
+                             squeeze=False)
+    lo, hi = (float(v) for v in np.percentile(rec[cols[0]], [1, 99])) if cols else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    for j, c in enumerate(cols):
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(rec[c][i], cmap="gray", vmin=lo, vmax=hi)
+            ax.axis("off")
+            if i == 0:
+                ax.set_title(c, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

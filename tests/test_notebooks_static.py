@@ -1,0 +1,186 @@
+"""The notebook templates are stored stripped, thin and parameterised the one house way;
+and the runner's bookkeeping (parameters, plan, completion markers) works without a kernel."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pneumolib import reproduce
+from pneumolib.config import Config
+from pneumolib.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+NAMES = ["01_eda", "02_augmentation", "03_autoencoders", "04_finetune", "05_results"]
+
+
+def load(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(str(NB_DIR / f"{name}.ipynb"), as_version=4)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_every_template_exists_and_nothing_else():
+    assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == NAMES
+    assert tuple(NAMES) == reproduce.TEMPLATES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stored_stripped(name):
+    nb = load(name)
+    nbformat.validate(nb)
+    for c in code_cells(nb):
+        assert c.get("outputs") == [], f"{name}: a code cell has outputs"
+        assert c.get("execution_count") is None, f"{name}: a code cell has an execution_count"
+    assert "papermill" not in nb.metadata
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_parameters_cell_of_literals_then_the_config_cell(name):
+    nb = load(name)
+    cells = code_cells(nb)
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged 'parameters'"
+    params = cells[tagged[0]]
+    names = []
+    for stmt in ast.parse(params.source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name), \
+            f"{name}: parameters cell holds something other than NAME = literal: {ast.unparse(stmt)}"
+        ast.literal_eval(stmt.value)  # raises on anything but a literal
+        names.append(stmt.targets[0].id)
+    assert {"profile", "data", "overrides_json"} <= set(names)
+    assert len(names) == len(set(names))
+    # papermill must see every one of them (it silently drops lines it cannot parse)
+    import papermill as pm
+
+    assert list(pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))) == names
+    # the next code cell builds the frozen Config from the parameters
+    nxt = cells[tagged[0] + 1].source
+    assert "notebook_config(" in nxt and "cfg =" in nxt
+    # the parameters cell's defaults give a valid config
+    values = {n: ast.literal_eval(s.value) for n, s in zip(names, ast.parse(params.source).body)}
+    cfg = reproduce.notebook_config(values.pop("profile"), data=values.pop("data"),
+                                    overrides_json=values.pop("overrides_json"), seed=values.pop("seed", None))
+    assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_thin(name):
+    nb = load(name)
+    cells = code_cells(nb)
+    assert len(cells) <= 15, f"{name}: {len(cells)} code cells"
+    for c in cells:
+        tree = ast.parse(c.source)
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), \
+                f"{name}: defines {type(node).__name__} in {c.source[:60]!r}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                assert mod.split(".")[0] == "pneumolib", f"{name}: imports {mod}; notebooks call into pneumolib only"
+    assert any(c.cell_type == "markdown" for c in nb.cells)
+
+
+def test_the_results_and_finetune_notebooks_say_which_dice():
+    for name in ("04_finetune", "05_results"):
+        text = " ".join(c.source for c in load(name).cells if c.cell_type == "markdown")
+        assert "Pooled" in text or "pooled" in text
+        assert "Kaggle" in text
+
+
+def test_stored_notebooks_match_the_generator():
+    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in NAMES:
+        assert (NB_DIR / f"{name}.ipynb").read_text() == mod.render(name), \
+            f"{name}.ipynb differs from scripts/make_notebooks.py: run it and commit both"
+
+
+# -- the runner's bookkeeping -----------------------------------------------------------------
+def test_notebook_config_decodes_overrides_and_rejects_unknown_names():
+    cfg = reproduce.notebook_config("smoke", data=None, overrides_json='{"max_epochs": "3", "seed": 7}')
+    assert cfg.max_epochs == 3 and cfg.seed == 7 and cfg.name == "smoke"
+    assert reproduce.notebook_config("smoke", overrides_json="", seed=None).seed == Config().seed
+    assert reproduce.notebook_config("smoke", seed=5).seed == 5
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        reproduce.notebook_config("smoke", overrides_json='{"max_epoch": 3}')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        reproduce.notebook_config("smoke", overrides_json="{max_epochs: 3}")
+    with pytest.raises(ConfigError):
+        reproduce.notebook_config("smoke", overrides_json="[1]")
+    with pytest.raises(ConfigError, match="unknown profile"):
+        reproduce.notebook_config("nope")
+
+
+def test_parse_sets():
+    assert reproduce.parse_sets(["max-epochs=3", " lr = 0.01 "]) == {"max_epochs": "3", "lr": "0.01"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        reproduce.parse_sets(["max_epochs"])
+
+
+def test_plan_runs_the_finetune_template_once_per_scenario(tmp_path, monkeypatch):
+    pytest.importorskip("pneumolib.scenarios")
+    from pneumolib.scenarios import SCENARIOS
+
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path))
+    steps = reproduce.plan("smoke", None, {"max_epochs": "1"})
+    names = [s.name for s in steps]
+    assert names[:3] == ["01_eda", "02_augmentation", "03_autoencoders"] and names[-1] == "05_results"
+    fine = [s for s in steps if s.template == "04_finetune"]
+    assert sorted(s.parameters["scenario"] for s in fine) == sorted(SCENARIOS)
+    assert fine[0].parameters["scenario"] == "random"
+    for s in steps:
+        assert s.parameters["profile"] == "smoke" and json.loads(s.parameters["overrides_json"]) == {"max_epochs": "1"}
+        assert set(s.parameters) <= set(__import__("papermill").inspect_notebook(str(NB_DIR / f"{s.template}.ipynb")))
+    assert all(d == "03_autoencoders" for s in fine for d in s.deps)
+    assert set(steps[-1].deps) == {"03_autoencoders", *(s.name for s in fine)}
+
+
+def test_completion_markers_decide_what_reruns(tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    template = tmp_path / "t.ipynb"
+    template.write_text("{}")
+    result = tmp_path / "result.json"
+    a = reproduce.Step("a", "t", {"profile": "smoke"})
+    b = reproduce.Step("b", "t", {"profile": "smoke"}, deps=("a",), outputs=(result,))
+    assert reproduce.why_stale(a, out, template) == "no executed copy"
+    (out / "a.ipynb").write_text("{}")
+    assert "marker" in reproduce.why_stale(a, out, template)
+
+    def finish(step, when):
+        (out / f"{step.name}.ipynb").write_text("{}")
+        (out / f"{step.name}.done.json").write_text(json.dumps({
+            "parameters": step.parameters, "template_sha256": reproduce._sha256(template),
+            "deps": reproduce._dep_stamps(out, step), "finished_at": when}))
+
+    finish(a, "t1")
+    assert reproduce.why_stale(a, out, template) is None
+    a2 = reproduce.Step("a", "t", {"profile": "demo"})
+    assert reproduce.why_stale(a2, out, template) == "parameters changed"
+    finish(b, "t2")
+    assert reproduce.why_stale(b, out, template).startswith("output missing")
+    result.write_text("{}")
+    assert reproduce.why_stale(b, out, template) is None
+    finish(a, "t3")  # a reran: b is stale
+    assert reproduce.why_stale(b, out, template) == "an earlier notebook was rerun"
+    template.write_text('{"changed": 1}')
+    assert reproduce.why_stale(a, out, template) == "notebook template changed"
+
+
+def test_kernel_env_shares_home_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "c"))
+    env = reproduce.kernel_env()
+    assert env["PNEUMO_HOME"] == str((tmp_path / "h").resolve())
+    assert env["PNEUMO_CACHE"] == str((tmp_path / "c").resolve())
+    assert env["JUPYTER_PATH"].split(":")[0].endswith("share/jupyter")
