@@ -124,8 +124,8 @@ def _read_dicom(path: Path, header_only: bool):
         return pydicom.dcmread(str(path), stop_before_pixels=header_only)
     except InvalidDicomError as e:
         raise DataError(
-            f"{path}: not a DICOM file ({e}). If it is junk (e.g. a macOS '._' file), delete "
-            "it or pass skip_bad=True to skip it."
+            f"{path}: not a DICOM file (no DICOM header / 'DICM' marker). If it is junk (e.g. "
+            "a macOS '._' file), delete it or pass skip_bad=True to skip it."
         ) from e
     except Exception as e:
         raise _bad(path, "DICOM header cannot be read", e) from e
