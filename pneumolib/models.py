@@ -40,6 +40,7 @@ __all__ = [
     "apply_frozen_bn_eval",
     "encoder_prefixes",
     "count_parameters",
+    "param_counts",
     "param_table",
 ]
 
@@ -533,9 +534,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def param_table(base_width: int = 64) -> list[tuple[str, int]]:
-    """``[(model description, parameter count)]`` of the paper U-Net (BatchNorm and plain)
-    and the ResNet-50 U-Net, all with 1 input channel and 1 output channel. No download."""
+def param_counts(base_width: int = 64) -> list[tuple[str, int]]:
+    """``[(model description, parameter count)]`` of the paper U-Net (plain and BatchNorm)
+    and the ResNet-50 U-Net, all with 1 input and 1 output channel. No download."""
     rows = []
     for norm in ("none", "batch"):
         rows.append(
@@ -548,9 +549,13 @@ def param_table(base_width: int = 64) -> list[tuple[str, int]]:
     return rows
 
 
+def param_table(base_width: int = 64) -> str:
+    """:func:`param_counts` as aligned text (``python -m pneumolib.models``, ``pneumo params``)."""
+    return "\n".join(f"{name:<48} {n:>12,d}" for name, n in param_counts(base_width))
+
+
 def _main() -> None:
-    for name, n in param_table():
-        print(f"{name:<48} {n:>12,d}")
+    print(param_table())
 
 
 if __name__ == "__main__":

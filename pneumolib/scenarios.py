@@ -23,6 +23,7 @@ from .models import (
     DECODER_PREFIXES,
     ENCODER_PREFIXES,
     SMP_ENCODER_PREFIXES,
+    apply_frozen_bn_eval,
     build_unet,
     freeze_encoder,
     resnet50_unet,
@@ -31,6 +32,8 @@ from .models import (
 __all__ = [
     "Scenario", "SCENARIOS", "PAPER_GROUPS", "AE_KINDS", "get_scenario", "build_model",
     "transfer_weights", "transfer_report",
+    # re-exported from pneumolib.models: the training loop calls it after model.train()
+    "freeze_encoder", "apply_frozen_bn_eval",
 ]
 
 #: Autoencoder kinds a scenario can draw weights from.
