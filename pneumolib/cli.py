@@ -116,7 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data")
     rep.add_argument("--force", action="store_true", help="rerun notebooks that already completed")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.commands = {"data": data, "pretrain": pre, "train": tr, "evaluate": ev, "reproduce": rep}
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, and answer an unknown option with the valid options of *that* command."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -154,7 +164,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "data":
             return _cmd_data(args)

@@ -186,13 +186,17 @@ class PneumoModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.epoch_record = self._epoch_row(results)
 
-    def on_train_epoch_end(self) -> None:
+    def finish_epoch_record(self) -> dict[str, Any]:
+        """The epoch's row: evaluation results plus the mean training loss over all items.
+
+        Called by :class:`EpochCSV` on every rank (the gather is collective)."""
         s = self._train_sum
         if self.trainer.world_size > 1:
             s = self.all_gather(s).reshape(-1, 2).sum(0)
         self.epoch_record["train_loss"] = float(s[0] / s[1]) if float(s[1]) else math.nan
         self.epoch_record["epoch"] = int(self.current_epoch)
         self.epoch_record["time_s"] = round(time.perf_counter() - self._epoch_t0, 3)
+        return dict(self.epoch_record)
 
     def _epoch_row(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": int(self.current_epoch)}
@@ -222,10 +226,11 @@ class EpochCSV(pl.Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: PneumoModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
-        row = dict(pl_module.epoch_record)
-        row.setdefault("train_loss", math.nan)
+        row = pl_module.finish_epoch_record()
+        if not trainer.is_global_zero:
+            return
         row["epoch"] = int(trainer.current_epoch)
         old = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame()
         if len(old):
