@@ -250,7 +250,9 @@ def sample_images(obj: Any, n: int = 8, seed: int = 0, positive_share: float = 0
         img, m = read(int(i))
         images.append(img)
         masks.append(m)
-        titles.append(f"{str(ids[i])[:18]} ({'+' if y[i] == 1 else '-'}, {int(m.sum())} px)")
+        sid = str(ids[i])
+        sid = sid if len(sid) <= 16 else "..." + sid[-13:]  # SIIM ids share a long prefix
+        titles.append(f"{sid} ({'+' if y[i] == 1 else '-'}, {int(m.sum())} px)")
     return images, masks, titles
 
 

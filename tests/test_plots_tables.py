@@ -282,3 +282,17 @@ def test_split_tables_count_leakage_of_the_paper_protocol():
     assert leak.loc["paper", "leaked_sources"] > 0
     summary = eda.dataset_summary(source)
     assert summary.loc["total", "+ve"] == 50 and summary.loc["total", "prevalence"] == pytest.approx(0.25)
+
+
+def test_split_tables_of_a_datamodule_and_of_one_table():
+    from pneumolib.splits import make_split
+
+    c = FakeCache(n=60)
+    cfg = SimpleNamespace(seed=1, test_frac=0.2, val_frac=0.1, paper_augment=True, protocol="clean")
+    split = make_split(c.has_pneumo, c.image_ids, "clean", 1, 0.2, 0.1)
+    dm = SimpleNamespace(cfg=cfg, cache=c, split=split)
+    out = eda.split_tables(dm)
+    # the clean table drawn here is the one training draws (same inputs, same seed)
+    pd.testing.assert_frame_equal(out["tables"].loc["clean"], __import__("pneumolib.splits").splits.split_table(split))
+    one = eda.split_tables(split)
+    assert list(one["leakage"].index) == ["given"] and one["leakage"].loc["given", "leaked_sources"] == 0
