@@ -60,7 +60,7 @@ def worker_init_fn(worker_id: int) -> None:
     Seeds torch, ``random`` and NumPy from the loader's base seed, the worker id and the
     process rank (Lightning's scheme), then reseeds the dataset's albumentations pipeline
     (albumentations 2.x keeps its own generator, copied identically into every worker
-    otherwise) when the dataset has a ``reseed(seed)`` method.
+    otherwise) through the dataset's ``worker_init(seed)`` (or ``reseed(seed)``) method.
     """
     import torch
     from lightning_fabric.utilities.seed import pl_worker_init_function
@@ -68,13 +68,10 @@ def worker_init_fn(worker_id: int) -> None:
     pl_worker_init_function(worker_id)
     info = torch.utils.data.get_worker_info()
     dataset = getattr(info, "dataset", None)
-    if dataset is not None and hasattr(dataset, "reseed"):
-        dataset.reseed(int(torch.initial_seed() % 2**32))
-    # keep a worker from spawning one thread per core on top of the other workers
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
-    torch.set_num_threads(1)
+    seed = int(torch.initial_seed() % 2**32)
+    if dataset is not None and hasattr(dataset, "worker_init"):
+        dataset.worker_init(seed)  # pneumolib's datasets: reseed + per-worker set-up
+    elif dataset is not None and hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
+    # (torch already runs workers single-threaded. Do NOT call cv2.setNumThreads here: in a
+    # forked child it waits forever for the parent's pool threads, which fork did not copy.)

@@ -50,6 +50,8 @@ __all__ = [
     "leakage",
     "split_table",
     "split_key",
+    "table_hash",
+    "read_split",
     "load_or_make_split",
 ]
 
@@ -253,6 +255,16 @@ def split_key(
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def table_hash(split: pd.DataFrame) -> str:
+    """Hash of what decides a split's items (``src``, ``aug``, ``angle`` per row): names
+    the materialised arrays and statistics derived from it."""
+    h = hashlib.sha256()
+    h.update(split["src"].to_numpy(np.int64).tobytes())
+    h.update("|".join(split["aug"].astype(str)).encode())
+    h.update(split["angle"].to_numpy(np.float64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def read_split(path: str | os.PathLike) -> pd.DataFrame:

@@ -1,0 +1,364 @@
+"""``PneumoDataModule``: train / val / test batches served from memory-mapped arrays.
+
+``prepare_data()`` (once per node, Lightning's rank 0) and ``setup()`` (every process) run
+the same idempotent preparation, each step reused from disk when done before:
+
+1. open the Source (``cfg.data``, or the built-in phantom set);
+2. :func:`pneumolib.cache.build_cache`: every image and mask resized once to
+   ``cfg.image_size`` (uint8 memmaps, rebuilt when the source's fingerprint changes);
+3. :func:`pneumolib.splits.load_or_make_split`: the ``paper`` or ``clean`` split table,
+   saved as CSV next to the cache;
+4. :func:`pneumolib.cache.materialize`: the table's items (originals, flips, rotations);
+5. the normalisation mean / std of the TRAIN items only, saved as JSON next to the split.
+
+Every step holds a file lock while it builds, so DDP ranks (or two notebooks) never build
+the same thing twice or read a half-written file. No image is decoded during training: a
+batch is one fancy-indexed read of a memmap and one vectorised conversion to float
+(``Dataset.__getitems__``); the online augmentation, when on, runs per item on uint8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from . import paths
+from .cache import ImageCache, build_cache, file_lock, materialize
+from .errors import DataError
+from .prep import normalization_stats
+from .seeding import worker_init_fn
+from .splits import SPLITS, leakage, load_or_make_split, split_table, table_hash
+from .transforms import train_transform
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .config import Config
+
+__all__ = ["PneumoDataModule", "SplitDataset", "collate_batch", "tune_malloc"]
+
+
+def tune_malloc() -> bool:
+    """Let glibc reuse freed batch buffers instead of returning them to the kernel.
+
+    A batch of 32 float32 images at 512 px is exactly 32 MiB, just above glibc's largest
+    dynamic mmap threshold: every batch would be a fresh ``mmap`` whose pages the kernel
+    faults in and zeroes one by one, which costs more than the conversion itself (about
+    3x slower loading measured on 2 cores). Raising ``M_MMAP_THRESHOLD`` to 128 MiB and
+    ``M_TRIM_THRESHOLD`` to 256 MiB keeps such buffers in the heap for reuse; the process
+    may hold up to 256 MiB of freed memory. Applied in DataLoader workers, and in the main
+    process only when it loads the data itself (``num_workers=0``). Skipped when
+    ``PNEUMO_NO_MALLOC_TUNING`` is set or the C library is not glibc.
+
+    Returns:
+        True when applied (now or before).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or os.environ.get("PNEUMO_NO_MALLOC_TUNING"):
+        return _MALLOC_TUNED
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 128 << 20)) and bool(
+            libc.mallopt(m_trim_threshold, 256 << 20))
+    except (OSError, AttributeError):
+        _MALLOC_TUNED = False
+    return _MALLOC_TUNED
+
+
+_MALLOC_TUNED = False
+
+
+def _empty(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+    """A float32 tensor; in a DataLoader worker placed in shared memory from the start
+    (as ``default_collate`` does), so sending it to the main process copies nothing."""
+    if not shared:
+        return torch.empty(shape, dtype=torch.float32)
+    numel = int(np.prod(shape))
+    proto = torch.empty(0, dtype=torch.float32)
+    storage = proto._typed_storage()._new_shared(numel, device="cpu")
+    return proto.new(storage).resize_(*shape)
+
+
+def collate_batch(batch: Any) -> Any:
+    """Pass through a batch already assembled by :meth:`SplitDataset.__getitems__`;
+    collate a list of single items (``__getitem__``) the usual way."""
+    if isinstance(batch, dict):
+        return batch
+    return default_collate(batch)
+
+
+class SplitDataset(Dataset):
+    """The items of one split, read from the materialised memmaps.
+
+    Args:
+        folder: a :func:`pneumolib.cache.materialize` folder (``images.u8``, ``masks.u8``).
+        rows: ``(K,)`` item rows of the split table belonging to this split.
+        m, size: shape ``(M, S, S)`` of the materialised arrays.
+        mean, std: normalisation of pixel values scaled to [0, 1].
+        transform: albumentations pipeline applied per item on uint8, before normalising.
+
+    ``ds[k]`` gives one item ``{"image": (1, S, S) float32, "mask": (1, S, S) float32,
+    "index": int64 scalar}``; ``ds.__getitems__([k, ...])`` (used by DataLoader) gives a
+    whole batch ``(B, 1, S, S)`` in one read, ordered by row for sequential disk access.
+    """
+
+    def __init__(self, folder: Path, rows: np.ndarray, m: int, size: int, mean: float,
+                 std: float, transform: Any = None):
+        self.folder = Path(folder)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.m, self.size = int(m), int(size)
+        self.mean, self.std = float(mean), float(std)
+        self.transform = transform
+        # (x / 255 - mean) / std as one multiply-add
+        self._scale = 1.0 / (255.0 * self.std)
+        self._shift = -self.mean / self.std
+        self._images: np.memmap | None = None
+        self._masks: np.memmap | None = None
+
+    def _arrays(self) -> tuple[np.memmap, np.memmap]:
+        if self._images is None:
+            shape = (self.m, self.size, self.size)
+            self._images = np.memmap(self.folder / "images.u8", np.uint8, "r", shape=shape)
+            self._masks = np.memmap(self.folder / "masks.u8", np.uint8, "r", shape=shape)
+        return self._images, self._masks  # type: ignore[return-value]
+
+    def __getstate__(self) -> dict[str, Any]:  # never pickle the arrays themselves
+        state = self.__dict__.copy()
+        state["_images"] = state["_masks"] = None
+        return state
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the online augmentation."""
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(seed))
+
+    def worker_init(self, seed: int) -> None:
+        """Called by :func:`pneumolib.seeding.worker_init_fn` in each DataLoader worker."""
+        self.reseed(seed)
+        tune_malloc()
+
+    def _read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = self._arrays()
+        imgs = np.asarray(images[rows])
+        msks = np.asarray(masks[rows])
+        if self.transform is not None:
+            for j in range(rows.size):
+                out = self.transform(image=imgs[j], mask=msks[j])
+                imgs[j] = out["image"]
+                msks[j] = out["mask"]
+        return imgs, msks
+
+    def _to_tensors(self, imgs: np.ndarray, msks: np.ndarray, rows: np.ndarray) -> dict:
+        b, h, w = imgs.shape
+        shared = torch.utils.data.get_worker_info() is not None
+        image = _empty((b, 1, h, w), shared)
+        mask = _empty((b, 1, h, w), shared)
+        # one pass: x * scale + shift, written straight into the (shared) output tensor
+        cv2.addWeighted(imgs.reshape(b * h, w), self._scale, imgs.reshape(b * h, w), 0.0,
+                        self._shift, dst=image.numpy().reshape(b * h, w), dtype=cv2.CV_32F)
+        np.copyto(mask.numpy().reshape(b, h, w), msks, casting="unsafe")
+        return {"image": image, "mask": mask, "index": torch.from_numpy(rows.copy())}
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rows = self.rows[[int(k)]]
+        imgs, msks = self._read(rows)
+        out = self._to_tensors(imgs, msks, rows)
+        return {"image": out["image"][0], "mask": out["mask"][0], "index": out["index"][0]}
+
+    def __getitems__(self, ks: list[int]) -> dict[str, torch.Tensor]:
+        rows = np.sort(self.rows[np.asarray(ks, dtype=np.int64)])
+        imgs, msks = self._read(rows)
+        return self._to_tensors(imgs, msks, rows)
+
+
+class PneumoDataModule(pl.LightningDataModule):
+    """Train / val / test loaders of the paper's data preparation.
+
+    Args:
+        cfg: uses ``data``, ``data_kind``, ``skip_bad``, ``image_size``, ``protocol``,
+            ``test_frac``, ``val_frac``, ``paper_augment``, ``online_aug``, ``batch_size``,
+            ``num_workers``, ``seed``, ``progress`` and the ``phantom_*`` fields.
+        source: a ready Source (tests, notebooks); None opens ``cfg.data`` or the phantom.
+        cache_root: folder for arrays and splits (default ``paths.cache_dir()``).
+
+    After :meth:`setup`: ``split`` (the table), ``split_path``, ``mean`` / ``std``,
+    ``cache`` (:class:`~pneumolib.cache.ImageCache`), ``source_info`` (kind, root,
+    fingerprint, n_images), ``datasets`` (``train`` / ``val`` / ``test``).
+    """
+
+    def __init__(self, cfg: "Config", source: Any = None,
+                 cache_root: str | os.PathLike | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self._source = source
+        self.cache_root = Path(cache_root) if cache_root is not None else None
+        self.split: pd.DataFrame | None = None
+        self.split_path: Path | None = None
+        self.mean: float | None = None
+        self.std: float | None = None
+        self.cache: ImageCache | None = None
+        self.source_info: dict[str, Any] | None = None
+        self.items_folder: Path | None = None
+        self.datasets: dict[str, SplitDataset] = {}
+        self._state: dict[str, Any] | None = None
+
+    # -- preparation -------------------------------------------------------------------
+    def _open_source(self) -> Any:
+        if self._source is None:
+            from .data import open_source  # imported late: optional until a run needs it
+
+            cfg = self.cfg
+            path = cfg.data
+            if path is None:
+                from .phantom import ensure_phantom
+
+                path = ensure_phantom(cfg)
+            self._source = open_source(path, kind=cfg.data_kind, skip_bad=cfg.skip_bad)
+        return self._source
+
+    def _prepare(self) -> dict[str, Any]:
+        """Build or reuse cache, split, items and statistics; cheap when all exist."""
+        if self._state is not None:
+            return self._state
+        cfg = self.cfg
+        source = self._open_source()
+        base = self.cache_root if self.cache_root is not None else paths.cache_dir()
+        cache = build_cache(source, cfg.image_size, root=base / "arrays",
+                            workers=cfg.num_workers, progress=cfg.progress)
+        split_dir = cache.folder / "splits"
+        with file_lock(split_dir / ".prepare.lock"):
+            split, split_path = load_or_make_split(cache.fingerprint, cache.has_pneumo,
+                                                   cache.image_ids, cfg, split_dir)
+            items_folder = split_dir / split_path.stem
+            images, _ = materialize(cache, split, items_folder, progress=cfg.progress)
+            mean, std = self._train_stats(split, split_path, images, cache)
+        self._state = {
+            "cache": cache, "split": split, "split_path": split_path, "items": items_folder,
+            "mean": mean, "std": std,
+            "source_info": {
+                "kind": str(source.kind),
+                "root": str(source.root),
+                "fingerprint": cache.fingerprint,
+                "n_images": cache.n,
+                "n_skipped": len(getattr(source, "skipped", []) or []),
+            },
+        }
+        return self._state
+
+    @staticmethod
+    def _train_stats(split: "pd.DataFrame", split_path: Path, images: np.memmap,
+                     cache: ImageCache) -> tuple[float, float]:
+        """Mean / std over the train items (flips and rotations included, as the paper's
+        'training dataset'); saved next to the split and reused."""
+        path = split_path.with_name(f"{split_path.stem}-stats.json")
+        key = {"split_hash": table_hash(split), "cache_fingerprint": cache.fingerprint,
+               "size": cache.size}
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                if all(saved.get(k) == v for k, v in key.items()):
+                    return float(saved["mean"]), float(saved["std"])
+            except (OSError, ValueError, KeyError):
+                pass
+        rows = np.flatnonzero(split["split"].to_numpy() == "train")
+        if rows.size == 0:
+            raise DataError(f"split {split_path.name} has no training items: too few images "
+                            "for the chosen test_frac / val_frac")
+        step = max(1, (32 << 20) // (cache.size ** 2))
+        mean, std = normalization_stats(images[rows[s : s + step]]
+                                        for s in range(0, rows.size, step))
+        if std <= 0:
+            raise DataError("the training images are all one grey level (std = 0); check the data")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({**key, "mean": mean, "std": std, "n_items": int(rows.size),
+                                   "split_csv": split_path.name}, indent=1))
+        os.replace(tmp, path)
+        return mean, std
+
+    def prepare_data(self) -> None:
+        """Build what is missing (Lightning calls this on one process per node)."""
+        self._prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open everything prepared (idempotent: a second call returns at once)."""
+        if self.datasets:
+            return
+        st = self._prepare()
+        self.cache, self.split, self.split_path = st["cache"], st["split"], st["split_path"]
+        self.mean, self.std = st["mean"], st["std"]
+        self.source_info = st["source_info"]
+        self.items_folder = st["items"]
+        m, s = len(self.split), self.cache.size
+        names = self.split["split"].to_numpy()
+        self.datasets = {
+            name: SplitDataset(
+                self.items_folder, np.flatnonzero(names == name), m, s, self.mean, self.std,
+                transform=train_transform(self.cfg) if name == "train" else None,
+            )
+            for name in SPLITS
+        }
+
+    # -- summaries ---------------------------------------------------------------------
+    def split_table(self) -> "pd.DataFrame":
+        """Counts per split and class (the paper's Table 2 shape)."""
+        self._require_setup()
+        return split_table(self.split)
+
+    def leakage(self) -> dict[str, int | float]:
+        """Test images with a copy in train or val (0 under the clean protocol)."""
+        self._require_setup()
+        return leakage(self.split)
+
+    def _require_setup(self) -> None:
+        if not self.datasets:
+            raise RuntimeError("call PneumoDataModule.setup() first")
+
+    # -- loaders -----------------------------------------------------------------------
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        self._require_setup()
+        nw = int(self.cfg.num_workers)
+        if nw == 0:
+            tune_malloc()  # this process converts the batches (see tune_malloc)
+        generator = None
+        if shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(int(self.cfg.seed))
+        return DataLoader(
+            self.datasets[name],
+            batch_size=int(self.cfg.batch_size),
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=nw,
+            collate_fn=collate_batch,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=nw > 0,
+            worker_init_fn=worker_init_fn,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def eval_dataloaders(self) -> list[DataLoader]:
+        """``[val, test]``: the paper reports test metrics every epoch."""
+        return [self.val_dataloader(), self.test_dataloader()]
