@@ -271,9 +271,15 @@ def test_datamodule_batches_stats_and_reuse(fake_root, tmp_path):
     test_idx = np.concatenate([b["index"].numpy() for b in test])
     assert (split.loc[test_idx, "split"] == "test").all()
     assert len(np.concatenate([b["index"].numpy() for b in val])) == (split["split"] == "val").sum()
-    # single-item access
+    # single-item and direct batch access give floats too; the loaders' workers ship uint8
     item = dm.datasets["val"][0]
     assert item["image"].shape == (1, 32, 32) and item["index"].ndim == 0
+    direct = dm.datasets["train"].__getitems__([1, 0])
+    assert direct["image"].dtype == torch.float32 and direct["index"].tolist() == sorted(
+        train_rows[[0, 1]].tolist())
+    raw = dm.train_dataloader().dataset.__getitems__([1, 0])
+    assert raw["image"].dtype == torch.uint8
+    assert torch.equal(dm.datasets["train"].finish_batch(raw)["image"], direct["image"])
     # setup is idempotent; a fresh module reuses everything without reading an image
     dm.setup("fit")
     src2 = FakeSource(fake_root)
