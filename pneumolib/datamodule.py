@@ -400,7 +400,9 @@ class PneumoDataModule(pl.LightningDataModule):
             self.datasets[name].deferred(),
             batch_size=int(self.cfg.batch_size),
             shuffle=shuffle,
-            drop_last=False,
+            # training drops the ragged last batch: a batch of one item breaks batch norm
+            # (ResNet's 1x1 deepest map at small sizes) and each epoch reshuffles anyway
+            drop_last=shuffle and len(self.datasets[name]) > int(self.cfg.batch_size),
             num_workers=nw,
             collate_fn=collate_batch,
             pin_memory=torch.cuda.is_available(),

@@ -37,7 +37,8 @@ def model_for_run(run: Path | str, cfg: Config) -> tuple[torch.nn.Module, str]:
     task = meta.get("task", "seg")
     scenario = meta.get("scenario")
     if scenario and SCENARIOS[scenario].arch == "resnet50":
-        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None), task
+        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None,
+                             encoder_name=cfg.resnet_encoder), task
     return UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm), task
 
 

@@ -398,6 +398,7 @@ def resnet50_unet(
     encoder_weights: str | os.PathLike | None = "imagenet",
     fallback_random: bool = False,
     aux_params: dict | None = None,
+    encoder_name: str = "resnet50",
 ) -> nn.Module:
     """smp's U-Net with a ResNet-50 encoder (the paper's best scenario).
 
@@ -413,6 +414,9 @@ def resnet50_unet(
             ``logging``) and return random weights instead of raising.
         aux_params: smp's image-level classification head, e.g. ``dict(classes=1,
             dropout=0.2)``; the model then returns ``(mask_logits, class_logits)``.
+        encoder_name: smp encoder; ``resnet50`` except where a profile trades it for a
+            lighter ResNet to fit a CPU time budget (the ``demo`` profile; recorded in the
+            run's ``metrics.json``). Local weight files are checked against this encoder.
 
     Returns:
         ``smp.Unet`` with the attribute ``weights_source``: ``"imagenet"``,
@@ -426,7 +430,7 @@ def resnet50_unet(
 
     def make(weights: str | None, channels: int) -> nn.Module:
         return smp.Unet(
-            encoder_name="resnet50", encoder_weights=weights, in_channels=channels,
+            encoder_name=encoder_name, encoder_weights=weights, in_channels=channels,
             classes=classes, aux_params=aux_params,
         )
 

@@ -216,6 +216,7 @@ def build_model(
         model = resnet50_unet(
             in_channels=1, classes=1, encoder_weights=cfg.encoder_weights,
             fallback_random=cfg.resnet_fallback_random,
+            encoder_name=getattr(cfg, "resnet_encoder", "resnet50"),
         )
         sources: dict[str, str] = {}
     else:

@@ -113,6 +113,9 @@ def table4(runs: Mapping[str, Mapping[str, Any]], order: tuple[str, ...] = TABLE
         row["n_test_positive"] = test.get("n_positive")
         row["data_kind"] = (m.get("data") or {}).get("kind")
         notes = []
+        arch = m.get("architecture") or ""
+        if "encoder" in arch and "resnet50" not in arch:
+            notes.append(f"stand-in: {arch}")
         if m.get("weights_source"):
             notes.append(f"encoder weights: {m['weights_source']}")
         row["note"] = "; ".join(notes)

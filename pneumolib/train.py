@@ -297,6 +297,8 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     dm = datamodule or PneumoDataModule(cfg)
     dm.setup("fit")
@@ -444,6 +446,8 @@ def train_scenario(cfg: Config, scenario: str, out: Path | str | None = None,
     for src in report.values():
         sources[src] = sources.get(src, 0) + 1
     extra = {"scenario": scenario, "label": sc.label, "paper": {"dice": sc.paper_dice, "iou": sc.paper_iou},
+             "architecture": (f"smp Unet, {cfg.resnet_encoder} encoder" if sc.arch == "resnet50"
+                              else f"paper U-Net, base width {cfg.base_width}, norm {cfg.unet_norm}"),
              "weights_source": getattr(model, "weights_source", None), "transfer": sources,
              "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
              "parameters": int(sum(p.numel() for p in model.parameters()))}
