@@ -297,9 +297,7 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # again: the model's construction consumed random numbers
     dm = datamodule or PneumoDataModule(cfg)
     dm.setup("fit")
     module = PneumoModule(model, task=task, lr=cfg.lr, threshold=cfg.threshold)
@@ -364,6 +362,15 @@ def evaluate_module(cfg: Config, module: PneumoModule, dm: Any, out_dir: Path | 
 
 
 # -- entry points -----------------------------------------------------------------------
+def _start(cfg: Config) -> None:
+    """Thread settings and seeds, before anything random happens (model initialisation)."""
+    from .seeding import seed_everything
+
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+
+
 def load_model_state(folder: Path | str) -> dict[str, torch.Tensor]:
     """The trained network's ``state_dict`` from a run folder (``model.pt``)."""
     p = Path(folder) / "model.pt"
@@ -385,6 +392,7 @@ def pretrain(cfg: Config, kind: str, out: Path | str | None = None, resume: bool
         raise ConfigError(f"autoencoder kind {kind!r} is unknown; valid: {', '.join(AE_KINDS)}")
     task = AE_KINDS[kind]
     out_dir = run_dir(cfg, task, out)
+    _start(cfg)
     model = UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm)
     dm = PneumoDataModule(cfg)
     summary = fit(cfg, model, task, out_dir, cfg.ae_max_epochs, datamodule=dm, resume=resume)
@@ -440,6 +448,7 @@ def train_scenario(cfg: Config, scenario: str, out: Path | str | None = None,
                 f"scenario {scenario!r} needs the {kind} autoencoder, but {folder / 'model.pt'} is "
                 f"missing: run `pneumo pretrain --kind {kind} --profile {cfg.name}` first")
         ae_states[kind] = load_model_state(folder)
+    _start(cfg)
     model = build_model(scenario, cfg, ae_states)
     report = transfer_report(model, ae_states, sc)
     sources: dict[str, int] = {}
