@@ -7,6 +7,7 @@
     pneumo evaluate --run DIR                                 re-evaluate a finished run
     pneumo params                                             parameter counts of the models
     pneumo reproduce [--profile demo|smoke|paper]             every notebook, figures, Table 4
+    pneumo bench [--size 512] [--batch-size 32] [--quick]     speed of data, training, inference
 
 Training commands take ``--profile``, ``--data``, ``--out``, ``--seed``, ``--max-epochs`` and
 ``--set KEY=VALUE`` for any other setting of :class:`pneumolib.config.Config`. Errors that
@@ -116,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data")
     rep.add_argument("--force", action="store_true", help="rerun notebooks that already completed")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.commands = {"data": data, "pretrain": pre, "train": tr, "evaluate": ev, "reproduce": rep}
+    bench = sub.add_parser("bench", help="speed: data loading, training (Lightning vs plain), inference, GPU")
+    bench.add_argument("--size", type=int, default=512, help="image side in px (data, GPU parts)")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--steps", type=int, default=None, help="timed training steps per measurement")
+    bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
+    bench.add_argument("--out", help="results folder (default: benchmarks/results)")
+    parser.commands = {"bench": bench, "data": data, "pretrain": pre, "train": tr, "evaluate": ev, "reproduce": rep}
     return parser
 
 
@@ -173,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(param_table())
             return 0
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(size=args.size, batch_size=args.batch_size, steps=args.steps,
+                              quick=args.quick, out=args.out)
         if args.command == "reproduce":
             from .reproduce import reproduce
 
