@@ -121,8 +121,10 @@ class PneumoModule(pl.LightningModule):
         out = self.model(x)
         loss = self._loss(out, target)
         n = x.shape[0]
-        self._train_sum += torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        # in place, no host-to-device copy and no .item(): nothing here waits for the GPU
+        self._train_sum[0] += loss.detach().double() * n
+        self._train_sum[1] += n
+        self.log("train_loss", loss, on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     # -- evaluation (val = dataloader 0, test = dataloader 1) --
