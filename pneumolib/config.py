@@ -197,7 +197,8 @@ PROFILES: dict[str, Config] = {
         online_aug=True, resnet_encoder="resnet18", resnet_fallback_random=True, progress=False,
     ),
     # The whole paper pipeline on two CPU cores in about ten minutes: a smaller phantom at
-    # 64 px, a base-8 U-Net, a 10x learning rate (so that 8 epochs show learning), and a
+    # 64 px, a base-8 U-Net, a 10x learning rate (8 epochs are on the edge of learning:
+    # see the README, "What the demo shows"), and a
     # ResNet-18 encoder standing in for ResNet-50 (a ResNet-50 epoch alone would take ~40 s).
     "demo": Config(
         name="demo", phantom_n=600, phantom_size=256, image_size=64, base_width=8,

@@ -84,7 +84,7 @@ def _json_default(o: Any) -> Any:
 
 def git_commit(root: Path | None = None) -> dict[str, Any]:
     """The commit of the checkout holding pneumolib, and whether it has uncommitted changes."""
-    root = root or paths.home()
+    root = root or paths.PACKAGE_DIR.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10).stdout.strip()
