@@ -9,10 +9,7 @@ Four parts, each a function returning plain JSON-able dicts, put together by :fu
   :class:`~pneumolib.train.PneumoModule` + Lightning's Trainer against a plain PyTorch loop
   doing the same work (same model, batch, :func:`~pneumolib.train.bce_dice_loss`, Adam,
   precision, data loader), for the paper U-Net and the smp ResNet-50 U-Net. The ratio
-  lightning/plain is ``ratio_lightning_over_plain``. A third variant, ``lightning_lean``,
-  trains a PneumoModule whose ``training_step`` keeps the epoch sums without a
-  host-to-device copy and logs the step loss without ``prog_bar`` (no ``.item()`` per
-  step): the measured effect of the change proposed for ``train.py``.
+  lightning/plain is ``ratio_lightning_over_plain``.
 * :func:`bench_inference` -- images per minute of a predict path on CPU: read PNG, resize,
   forward + sigmoid, threshold + minimum-area post-processing, write the mask PNG.
 * :func:`bench_cuda` -- only with CUDA: images/s at 512 px for both models in fp32,
@@ -226,29 +223,6 @@ def _loader(length: int, batch_size: int, size: int, pin: bool) -> torch.utils.d
                                        shuffle=False, num_workers=0, pin_memory=pin)
 
 
-def _lean_module_class():
-    """PneumoModule with the training_step proposed for train.py (see the module doc)."""
-    from .train import PneumoModule
-
-    class LeanPneumoModule(PneumoModule):
-        def training_step(self, batch, batch_idx):
-            x, target = self._inputs(batch)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = self.model(x)
-            loss = self._loss(out, target)
-            n = x.shape[0]
-            # in place, with Python scalars: no host->device copy, so no stream sync
-            self._train_sum[0] += loss.detach().double() * n
-            self._train_sum[1] += n
-            # no prog_bar: Lightning turns progress-bar metrics into Python floats
-            # (.item(), a host sync) at every logged step, bar shown or not
-            self.log("train_loss", loss, on_step=True, on_epoch=False, batch_size=n)
-            return loss
-
-    return LeanPneumoModule
-
-
 class _StepTimer:
     """Times steps ``warmup`` .. ``warmup + steps - 1`` of a Lightning fit (a Callback)."""
 
@@ -278,7 +252,7 @@ class _StepTimer:
 
 
 def time_lightning(model: nn.Module, batch_size: int, size: int, steps: int, warmup: int,
-                   precision: str, device: torch.device, lean: bool = False,
+                   precision: str, device: torch.device,
                    channels_last: bool = False) -> float:
     """Seconds for ``steps`` steady-state training steps of PneumoModule under a Trainer."""
     import logging
@@ -289,8 +263,7 @@ def time_lightning(model: nn.Module, batch_size: int, size: int, steps: int, war
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    cls = _lean_module_class() if lean else PneumoModule
-    module = cls(model, task="seg", lr=1e-4, channels_last=channels_last)
+    module = PneumoModule(model, task="seg", lr=1e-4, channels_last=channels_last)
     timer = _StepTimer(warmup, steps, device)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
@@ -352,7 +325,7 @@ def warnings_quiet():
 
 def bench_training(arch: str, size: int, batch_size: int, steps: int, warmup: int = 2,
                    repeats: int = 3, base_width: int = 64, precision: str = "32-true",
-                   device: str | torch.device | None = None, lean: bool = True,
+                   device: str | torch.device | None = None,
                    channels_last: bool = False) -> dict[str, Any]:
     """Images/s of Lightning (PneumoModule) vs a plain loop; median of ``repeats``, order
     alternated; each repeat starts from the same initial weights."""
@@ -371,10 +344,6 @@ def bench_training(arch: str, size: int, batch_size: int, steps: int, warmup: in
         "lightning": lambda: time_lightning(fresh(), batch_size, size, steps, warmup, precision, device,
                                             channels_last=channels_last),
     }
-    if lean:
-        contenders["lightning_lean"] = lambda: time_lightning(fresh(), batch_size, size, steps, warmup,
-                                                              precision, device, lean=True,
-                                                              channels_last=channels_last)
     names = list(contenders)
     secs: dict[str, list[float]] = {k: [] for k in names}
     for r in range(repeats):
@@ -396,8 +365,6 @@ def bench_training(arch: str, size: int, batch_size: int, steps: int, warmup: in
         "ratio_lightning_over_plain": round(rate["lightning"] / rate["plain"], 4),
     }
     out["ratio_lightning_over_plain_median"] = round(rate_median["lightning"] / rate_median["plain"], 4)
-    if lean:
-        out["ratio_lightning_lean_over_plain"] = round(rate["lightning_lean"] / rate["plain"], 4)
     return out
 
 
@@ -667,7 +634,7 @@ def format_table(res: dict[str, Any]) -> str:
         for k, v in t["images_per_s"].items():
             lines.append(row.format(f"train {what}: {k}", f"{v:.2f} img/s", note))
         lines.append(row.format(f"train {what}: ratio lightning/plain", f"{t['ratio_lightning_over_plain']:.3f}",
-                                f"lean: {t.get('ratio_lightning_lean_over_plain', '-')}"))
+                                f"median: {t.get('ratio_lightning_over_plain_median', '-')}"))
     inf = res.get("inference")
     if inf:
         lines.append(row.format("inference (read, resize, fwd, post, write)", f"{inf['images_per_min']:.0f} img/min",
