@@ -71,11 +71,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = v
     if getattr(args, "command", None) == "pretrain" and args.max_epochs is not None:
         overrides["ae_max_epochs"] = args.max_epochs
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} must look like KEY=VALUE; names: {', '.join(field_names())}")
-        k, v = item.split("=", 1)
-        overrides[k.strip().replace("-", "_")] = v.strip()
+    from .reproduce import parse_sets
+
+    overrides.update(parse_sets(getattr(args, "set", []) or []))
     return overrides
 
 
