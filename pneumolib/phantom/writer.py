@@ -334,7 +334,14 @@ def ensure_phantom(cfg) -> Path:
     params = _params(n, size, seed, d, knobs.PREVALENCE)
     if is_complete(root, **params):
         return root
-    if root.exists():       # ours (inside the cache) but incomplete or stale: rebuild
-        shutil.rmtree(root)
-    return write_phantom(root, n, size, seed=seed, difficulty=d, prevalence=knobs.PREVALENCE,
-                         progress=getattr(cfg, "progress", True))
+    from ..cache import file_lock
+
+    # two first runs at once (two notebooks, DDP ranks, two GPUs' jobs) must not both write:
+    # the second would replace files the first has started caching
+    with file_lock(root.with_name(f".{root.name}.lock")):
+        if is_complete(root, **params):
+            return root
+        if root.exists():       # ours (inside the cache) but incomplete or stale: rebuild
+            shutil.rmtree(root)
+        return write_phantom(root, n, size, seed=seed, difficulty=d, prevalence=knobs.PREVALENCE,
+                             progress=getattr(cfg, "progress", True))
