@@ -1,14 +1,22 @@
 """Table 4 and the other result tables, drawn only from finished run folders.
 
-Every number here is read from a run's ``metrics.json`` (the best checkpoint by validation
-loss, evaluated on the test split); nothing is recomputed. Two Dice numbers appear and they
-cannot be compared (``shared/docs/DATA.md`` section 4):
+Table 4 is computed at table time from each run's ``test_per_image.csv`` (per-image counts
+and scores of the best checkpoint by validation loss, on the test split) with
+:mod:`pneumolib.uncertainty`: for each metric the **mean over the scenario's training seeds**,
+a **95 % percentile bootstrap interval over test images** (resampled jointly for every seed),
+and the **sd over seeds**. A run folder without ``test_per_image.csv`` falls back to its
+``metrics.json`` numbers, without an interval. Two Dice numbers appear and they cannot be
+compared (``shared/docs/DATA.md`` section 4):
 
 - ``dice_pooled`` / ``iou_pooled``: intersections and areas summed over the whole test set,
   then divided. This is what the paper's Table 4 most likely reports.
 - ``dice_per_image``: the Kaggle score, Dice per image (1 when truth and prediction are both
   empty), averaged over images. ``empty_baseline_dice_per_image`` is what predicting every
   mask empty scores on the same test split.
+
+Run folders: ``results/<profile>/<scenario>/`` (the profile's seed) and, from a multi-seed
+run, ``results/<profile>/<scenario>-seed<k>/`` (scenario names never contain ``-``);
+:func:`seed_runs` gathers them per scenario.
 
 The paper's own numbers (``paper_dice``, ``paper_iou``) come from the scenario registry
 (:data:`pneumolib.scenarios.SCENARIOS`) and were measured on the real SIIM-ACR data; ours
@@ -18,24 +26,57 @@ come from whatever data source the run names in ``metrics.json`` (``data.kind``)
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from . import runio
+from . import metrics, runio, uncertainty
 
 #: The paper's Table 4 row order (best first).
 TABLE4_ORDER = ("resnet50", "ae_encoder", "ae_encoder_mask_decoder", "random", "ae_full", "ae_full_frozen")
 
-#: Table 4's columns, in order. ``paper_*`` are the paper's numbers, everything else is ours.
-TABLE4_COLUMNS = [
-    "scenario", "label",
-    "dice_pooled", "iou_pooled", "paper_dice", "paper_iou",
-    "dice_per_image", "empty_baseline_dice_per_image", "dice_positive",
-    "auc", "sensitivity", "specificity",
-    "best_epoch", "epochs_run", "n_test_images", "n_test_positive", "data_kind", "note",
-]
+#: The metrics Table 4 gives with a mean over seeds, a bootstrap interval and an sd over seeds.
+CI_METRICS = ("dice_pooled", "iou_pooled", "dice_per_image", "dice_positive", "auc", "sensitivity", "specificity")
+
+#: A run folder of a multi-seed run: ``<scenario>-seed<k>``.
+SEED_RUN = re.compile(r"^(?P<scenario>[^-]+)-seed(?P<seed>\d+)$")
+
+#: ``n_boot`` and ``level`` of Table 4's intervals (bootstrap over test images).
+DEFAULT_N_BOOT = 1000
+DEFAULT_LEVEL = 0.95
+
+
+def ci_tag(level: float = DEFAULT_LEVEL) -> str:
+    """The interval part of a column name: ``ci95`` for ``level=0.95``."""
+    return f"ci{level * 100:g}"
+
+
+def metric_columns(metric: str, level: float = DEFAULT_LEVEL) -> list[str]:
+    """``[metric, metric_ci95_lo, metric_ci95_hi, metric_seed_sd]``."""
+    t = ci_tag(level)
+    return [metric, f"{metric}_{t}_lo", f"{metric}_{t}_hi", f"{metric}_seed_sd"]
+
+
+def table4_columns(level: float = DEFAULT_LEVEL) -> list[str]:
+    """Table 4's columns, in order, for intervals of ``level``."""
+    m = {k: metric_columns(k, level) for k in CI_METRICS}
+    return [
+        "scenario", "label",
+        *m["dice_pooled"], *m["iou_pooled"], "paper_dice", "paper_iou",
+        *m["dice_per_image"], "empty_baseline_dice_per_image", *m["dice_positive"],
+        *m["auc"], *m["sensitivity"], *m["specificity"],
+        "n_seeds", "seeds", "n_test_images", "n_test_positive", "best_epoch", "best_epochs", "epochs_run",
+        "data_kind", "note",
+    ]
+
+
+#: Table 4's columns, in order (95 % intervals). ``paper_*`` are the paper's numbers,
+#: everything else is ours; ``<metric>`` is the mean over seeds, ``<metric>_ci95_lo/hi`` its
+#: bootstrap interval over test images, ``<metric>_seed_sd`` the sd over seeds.
+TABLE4_COLUMNS = table4_columns()
 
 #: What each Table 4 column means; written under the Markdown table.
 COLUMN_NOTES = {
@@ -49,7 +90,12 @@ COLUMN_NOTES = {
     "auc": "ours: image-level AUC of the maximum pixel probability vs. 'mask non-empty'",
     "sensitivity": "ours: image-level sensitivity (predicted mask non-empty on positive images)",
     "specificity": "ours: image-level specificity (predicted mask empty on negative images)",
-    "best_epoch": "the epoch (0-based) of the checkpoint with the lowest validation loss, the one evaluated",
+    "n_seeds": "training seeds (run folders) averaged; the interval and sd are over these",
+    "seeds": "their seeds (from each run's config; '?' when unknown)",
+    "n_test_images": "test images each seed was evaluated on (the bootstrap resamples these)",
+    "best_epoch": "the epoch (0-based) of the checkpoint with the lowest validation loss, the one "
+                  "evaluated (blank when the seeds differ: see best_epochs)",
+    "best_epochs": "the best epoch of each seed (the seeds themselves: column `seeds` of table4.csv)",
 }
 
 AE_SCENARIOS = ("ae_full", "ae_full_frozen", "ae_encoder", "ae_encoder_mask_decoder")
@@ -82,59 +128,243 @@ def _num(v: Any) -> float:
         return math.nan
 
 
-def table4(runs: Mapping[str, Mapping[str, Any]], order: tuple[str, ...] = TABLE4_ORDER) -> pd.DataFrame:
-    """The paper's Table 4 with our numbers next to the paper's.
+# -- seed runs -------------------------------------------------------------------------
+def split_run_name(name: str) -> tuple[str, int | None]:
+    """``"random-seed3"`` -> ``("random", 3)``; ``"random"`` -> ``("random", None)``."""
+    m = SEED_RUN.match(name)
+    return (m["scenario"], int(m["seed"])) if m else (name, None)
+
+
+def run_seed(run: Mapping[str, Any]) -> int | None:
+    """The training seed of a run: its config in ``metrics.json``, else its folder name."""
+    cfg = ((run.get("metrics") or {}).get("provenance") or {}).get("config") or {}
+    if cfg.get("seed") is not None:
+        try:
+            return int(cfg["seed"])
+        except (TypeError, ValueError):
+            pass
+    return split_run_name(str(run.get("name", "")))[1]
+
+
+def seed_runs(runs: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each scenario's runs over seeds: ``{scenario: [run, ...]}``.
+
+    ``runs`` is ``{folder name: run}`` (:func:`read_profile_runs`); ``<scenario>`` and
+    ``<scenario>-seed<k>`` folders go to the same scenario, the plain folder first, then by
+    seed. Two folders of the same seed (the profile's seed run twice) count once: the first
+    is kept. An already grouped ``{scenario: [run, ...]}`` is returned as it is.
+    """
+    out: dict[str, list[tuple[int, int, str, dict[str, Any]]]] = {}
+    for name, run in runs.items():
+        if isinstance(run, (list, tuple)):
+            out.setdefault(name, []).extend((0, i, "", r) for i, r in enumerate(run))
+            continue
+        scen, k = split_run_name(str(name))
+        out.setdefault(scen, []).append((0 if k is None else 1, -1 if k is None else k, str(name), run))
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for scen, items in out.items():
+        kept, seen = [], set()
+        for *_, run in sorted(items, key=lambda t: t[:3]):
+            sd = run_seed(run)
+            if sd is not None and sd in seen:
+                continue
+            seen.add(sd)
+            kept.append(run)
+        grouped[scen] = kept
+    return grouped
+
+
+def read_scenario_runs(profile_dir: Path | str) -> dict[str, list[dict[str, Any]]]:
+    """:func:`seed_runs` of :func:`read_profile_runs`: ``{scenario: [run per seed]}``."""
+    return seed_runs(read_profile_runs(profile_dir))
+
+
+def read_test_per_image(run: Mapping[str, Any]) -> tuple[pd.DataFrame | None, str]:
+    """A run's ``test_per_image.csv``, or ``(None, why not)``."""
+    folder = run.get("folder")
+    if folder is None:
+        return None, "no run folder"
+    path = Path(folder) / "test_per_image.csv"
+    if not path.exists():
+        return None, "no test_per_image.csv"
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        return None, f"unreadable test_per_image.csv ({type(e).__name__})"
+    missing = [c for c in uncertainty.COUNT_COLUMNS if c not in df.columns]
+    if missing or len(df) == 0:
+        return None, f"test_per_image.csv without {'rows' if not missing else 'columns ' + ', '.join(missing)}"
+    return df, ""
+
+
+def _join(values: Sequence[Any]) -> str:
+    return ", ".join("?" if v is None else str(v) for v in values)
+
+
+def _same_or_na(values: Sequence[Any]) -> Any:
+    vals = [v for v in values if v is not None]
+    return vals[0] if vals and len(vals) == len(values) and all(v == vals[0] for v in vals) else None
+
+
+def _scenario_row(name: str, seeds_runs: list[dict[str, Any]], n_boot: int, level: float,
+                  boot_seed: int) -> dict[str, Any]:
+    """One Table 4 row from the runs of ``name`` (one per seed)."""
+    info = scenario_info(name, seeds_runs[0] if seeds_runs else None)
+    row: dict[str, Any] = {"scenario": name, **info, "n_seeds": 0}
+    if not seeds_runs:
+        row["note"] = "missing: no finished run"
+        return row
+    notes: list[str] = []
+    loaded = [(run, *read_test_per_image(run)) for run in seeds_runs]
+    with_csv = [(run, df) for run, df, _ in loaded if df is not None]
+    without = [(run, why) for run, df, why in loaded if df is None]
+    tag = ci_tag(level)
+    if with_csv:
+        used = [run for run, _ in with_csv]
+        frames = [df for _, df in with_csv]
+        try:
+            summ = uncertainty.seed_summary(frames, n_boot=n_boot, level=level, seed=boot_seed)
+        except uncertainty.ImageSetMismatch:
+            summ = uncertainty.seed_summary(frames, n_boot=n_boot, level=level, seed=boot_seed, paired=False)
+            notes.append("the seeds' test images differ: each seed's images resampled on their own")
+        for m in CI_METRICS:
+            row[m], row[f"{m}_{tag}_lo"], row[f"{m}_{tag}_hi"], row[f"{m}_seed_sd"] = (
+                summ[m]["mean"], summ[m]["lo"], summ[m]["hi"], summ[m]["sd"])
+        row["empty_baseline_dice_per_image"] = summ["empty_baseline_dice_per_image"]["mean"]
+        sizes = [len(f) for f in frames]
+        row["n_test_images"] = sizes[0] if len(set(sizes)) == 1 else None
+        npos = [int((f["true_area"] > 0).sum()) for f in frames]
+        row["n_test_positive"] = npos[0] if len(set(npos)) == 1 else None
+        # the per-image file and metrics.json come from the same evaluation: say so if not
+        for run, f in with_csv:
+            ours = metrics.dice_pooled(f[list(uncertainty.COUNT_COLUMNS)].to_numpy())
+            theirs = _num(((run.get("metrics") or {}).get("test") or {}).get("dice_pooled"))
+            if not math.isnan(theirs) and abs(ours - theirs) > 1e-6:
+                notes.append(f"{run.get('name', '?')}: test_per_image.csv gives pooled Dice {ours:.4f}, "
+                             f"metrics.json {theirs:.4f}")
+        if without:
+            notes.append("left out (" + "; ".join(f"{r.get('name', '?')}: {why}" for r, why in without) + ")")
+    else:
+        used = seeds_runs
+        tests = [(r.get("metrics") or {}).get("test") or {} for r in used]
+        for m in (*CI_METRICS, "empty_baseline_dice_per_image"):
+            vals = np.array([_num(t.get(m)) for t in tests], dtype=np.float64)
+            row[m] = float(vals.mean())
+            if m in CI_METRICS:
+                row[f"{m}_{tag}_lo"] = row[f"{m}_{tag}_hi"] = math.nan
+                row[f"{m}_seed_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        row["n_test_images"] = _same_or_na([t.get("n_images") for t in tests])
+        row["n_test_positive"] = _same_or_na([t.get("n_positive") for t in tests])
+        notes.append(f"{without[0][1]}: metrics.json values, no interval")
+    row["n_seeds"] = len(used)
+    row["seeds"] = _join([run_seed(r) for r in used])
+    best = [(r.get("metrics") or {}).get("best_epoch") for r in used]
+    row["best_epoch"] = _same_or_na(best)
+    row["best_epochs"] = _join(best)
+    row["epochs_run"] = _same_or_na([(r.get("metrics") or {}).get("epochs_run") for r in used])
+    m0 = used[0].get("metrics") or {}
+    kinds = {str(((r.get("metrics") or {}).get("data") or {}).get("kind")) for r in used}
+    row["data_kind"] = (m0.get("data") or {}).get("kind")
+    if len(kinds) > 1:
+        notes.append(f"seeds on different data sources: {', '.join(sorted(kinds))}")
+    arch = m0.get("architecture") or ""
+    if "encoder" in arch and "resnet50" not in arch:
+        notes.insert(0, f"stand-in: {arch}")
+    if m0.get("weights_source"):
+        notes.insert(1 if notes and notes[0].startswith("stand-in") else 0, f"encoder weights: {m0['weights_source']}")
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def table4(runs: Mapping[str, Any], order: tuple[str, ...] = TABLE4_ORDER, n_boot: int = DEFAULT_N_BOOT,
+           level: float = DEFAULT_LEVEL, boot_seed: int = 0) -> pd.DataFrame:
+    """The paper's Table 4 with our numbers (mean over seeds, bootstrap interval, sd) next to the paper's.
 
     Args:
-        runs: ``{name: run}`` as returned by :func:`pneumolib.runio.read_runs`.
+        runs: ``{name: run}`` as returned by :func:`read_profile_runs` (``<scenario>`` and
+            ``<scenario>-seed<k>`` folders are gathered per scenario), or ``{scenario: [run, ...]}``.
         order: scenario names, one row each (default: the paper's order).
+        n_boot, level, boot_seed: the bootstrap over test images
+            (:func:`pneumolib.uncertainty.seed_summary`), computed here from each run's
+            ``test_per_image.csv``.
 
     Returns:
-        One row per scenario, columns :data:`TABLE4_COLUMNS`. A scenario without a finished
-        run gets NaN metrics and ``note="missing: no finished run"``.
+        One row per scenario, columns :func:`table4_columns` (:data:`TABLE4_COLUMNS` for 95 %).
+        A scenario without a finished run gets NaN metrics, ``n_seeds = 0`` and
+        ``note="missing: no finished run"``; runs without ``test_per_image.csv`` give their
+        ``metrics.json`` numbers with NaN intervals (and say so in ``note``).
+        ``df.attrs["bootstrap"]`` records ``n_boot``, ``level`` and ``seed``.
     """
-    rows = []
-    for name in order:
-        run = runs.get(name)
-        info = scenario_info(name, run)
-        row: dict[str, Any] = {"scenario": name, **info}
-        if run is None:
-            row["note"] = "missing: no finished run"
-            rows.append(row)
-            continue
-        m = run["metrics"]
-        test = m.get("test", {}) or {}
-        for k in ("dice_pooled", "iou_pooled", "dice_per_image", "empty_baseline_dice_per_image",
-                  "dice_positive", "auc", "sensitivity", "specificity"):
-            row[k] = _num(test.get(k))
-        row["best_epoch"] = m.get("best_epoch")
-        row["epochs_run"] = m.get("epochs_run")
-        row["n_test_images"] = test.get("n_images")
-        row["n_test_positive"] = test.get("n_positive")
-        row["data_kind"] = (m.get("data") or {}).get("kind")
-        notes = []
-        arch = m.get("architecture") or ""
-        if "encoder" in arch and "resnet50" not in arch:
-            notes.append(f"stand-in: {arch}")
-        if m.get("weights_source"):
-            notes.append(f"encoder weights: {m['weights_source']}")
-        row["note"] = "; ".join(notes)
-        rows.append(row)
+    groups = seed_runs(runs)
+    rows = [_scenario_row(name, groups.get(name, []), int(n_boot), float(level), int(boot_seed)) for name in order]
+    cols = table4_columns(level)
     df = pd.DataFrame(rows)
-    for c in TABLE4_COLUMNS:
+    for c in cols:
         if c not in df.columns:
             df[c] = math.nan
-    df = df[TABLE4_COLUMNS]
-    for c in ("best_epoch", "epochs_run", "n_test_images", "n_test_positive"):
-        df[c] = df[c].astype("Int64")
-    df["note"] = df["note"].fillna("")
+    df = df[cols]
+    for c in ("best_epoch", "epochs_run", "n_test_images", "n_test_positive", "n_seeds"):
+        df[c] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                          for v in df[c]], dtype="Int64")
+    for c in ("note", "seeds", "best_epochs"):
+        df[c] = df[c].fillna("").astype(str)
+    df.attrs["bootstrap"] = {"n_boot": int(n_boot), "level": float(level), "seed": int(boot_seed),
+                             "over": "test images, resampled jointly for every seed"}
     return df
 
 
-def data_sources(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def ci_table(table_or_runs: pd.DataFrame | Mapping[str, Any], **table4_kwargs: Any) -> pd.DataFrame:
+    """Table 4 in long form for a plot: one row per scenario and metric of :data:`CI_METRICS`.
+
+    Args:
+        table_or_runs: a :func:`table4` DataFrame, or runs (then :func:`table4` is computed
+            with ``table4_kwargs``).
+
+    Returns:
+        Columns ``scenario, label, metric, mean, lo, hi, sd, n_seeds, level, paper`` (``paper``:
+        the paper's number for ``dice_pooled`` / ``iou_pooled``, else NaN). ``mean`` is the
+        mean over seeds, ``lo`` / ``hi`` the bootstrap interval over test images, ``sd`` the
+        sd over seeds.
+    """
+    df = table_or_runs if isinstance(table_or_runs, pd.DataFrame) else table4(table_or_runs, **table4_kwargs)
+    level = _table_level(df)
+    tag = ci_tag(level)
+    paper = {"dice_pooled": "paper_dice", "iou_pooled": "paper_iou"}
+    rows = []
+    for _, r in df.iterrows():
+        for m in CI_METRICS:
+            rows.append({"scenario": r["scenario"], "label": r["label"], "metric": m, "mean": _num(r[m]),
+                         "lo": _num(r[f"{m}_{tag}_lo"]), "hi": _num(r[f"{m}_{tag}_hi"]),
+                         "sd": _num(r[f"{m}_seed_sd"]),
+                         "n_seeds": int(r["n_seeds"]) if not pd.isna(r["n_seeds"]) else 0,
+                         "level": level, "paper": _num(r[paper[m]]) if m in paper else math.nan})
+    return pd.DataFrame(rows, columns=["scenario", "label", "metric", "mean", "lo", "hi", "sd", "n_seeds",
+                                       "level", "paper"])
+
+
+def _table_level(df: pd.DataFrame) -> float:
+    """The interval level of a Table 4 frame: its attrs, else its column names, else 0.95."""
+    lvl = (df.attrs.get("bootstrap") or {}).get("level")
+    if lvl is not None:
+        return float(lvl)
+    for c in df.columns:
+        m = re.fullmatch(r"dice_pooled_ci([0-9.]+)_lo", str(c))
+        if m:
+            return float(m[1]) / 100
+    return DEFAULT_LEVEL
+
+
+def _flat_runs(runs: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    out: list[Mapping[str, Any]] = []
+    for run in runs.values():
+        out.extend(run if isinstance(run, (list, tuple)) else [run])
+    return out
+
+
+def data_sources(runs: Mapping[str, Any]) -> list[str]:
     """Distinct data sources of ``runs`` as ``kind (root, fingerprint, protocol)`` strings."""
     out: list[str] = []
-    for run in runs.values():
+    for run in _flat_runs(runs):
         d = run["metrics"].get("data") or {}
         desc = f"{d.get('kind', 'unknown')} at {d.get('root', '?')} (fingerprint {str(d.get('fingerprint', '?'))[:12]}, protocol {d.get('protocol', '?')})"
         if desc not in out:
@@ -159,30 +389,86 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def table4_markdown(df: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """Table 4 as Markdown, with a header note saying which Dice each column is."""
+def _cell(mean: Any, lo: Any, hi: Any, digits: int = 3) -> str:
+    """``"0.467 [0.391, 0.552]"``; the mean alone when there is no interval; blank for NaN."""
+    m, l, h = _num(mean), _num(lo), _num(hi)
+    if math.isnan(m):
+        return ""
+    if math.isnan(l) or math.isnan(h):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} [{l:.{digits}f}, {h:.{digits}f}]"
+
+
+def _seed_count_text(df: pd.DataFrame) -> str:
+    n = sorted({int(v) for v in df["n_seeds"].dropna() if int(v) > 0}) if "n_seeds" in df.columns else []
+    if not n:
+        return "no finished runs"
+    if len(n) == 1:
+        return f"{n[0]} seed{'s' if n[0] != 1 else ''} per scenario"
+    return f"{n[0]} to {n[-1]} seeds per scenario, column `n_seeds`"
+
+
+def table4_markdown(df: pd.DataFrame, runs: Mapping[str, Any] | None = None) -> str:
+    """Table 4 as Markdown: ``mean [lo, hi]`` cells, a header on what the numbers are and which Dice is which."""
     sources = data_sources(runs) if runs else sorted({str(k) for k in df["data_kind"].dropna()})
+    level = _table_level(df)
+    tag = ci_tag(level)
+    boot = df.attrs.get("bootstrap") or {}
+    n_boot = boot.get("n_boot", DEFAULT_N_BOOT)
+    pct = f"{level * 100:g} %"
+    has_ci = [m for m in CI_METRICS if f"{m}_{tag}_lo" in df.columns]
+    fallback = [str(s) for s, n in zip(df["scenario"], df["note"]) if "metrics.json values, no interval" in str(n)]
     head = [
         "# Table 4: segmentation of the six initialisation scenarios",
         "",
+        f"Each of our cells is **mean [{pct} interval]**: the mean over the training seeds of the "
+        f"scenario ({_seed_count_text(df)}; every run is the best checkpoint by validation loss), and a "
+        f"{pct} percentile **bootstrap interval over test images** ({n_boot} resamples of the test images, "
+        "the same resample for every seed, computed from each run's `test_per_image.csv`). The interval "
+        "says how much the number would move on another test set of the same size; the spread over "
+        "training seeds is the sd table below the main one.",
+        "",
         "Which Dice is which:",
         "- `dice_pooled` / `iou_pooled` (ours): intersections and areas **summed over the whole test set** "
-        "(pooled), then divided; measured on the best checkpoint by validation loss.",
+        "(pooled), then divided.",
         "- `paper_dice` / `paper_iou`: **the paper's numbers** (its Table 4), measured on the real "
-        "SIIM-ACR data; most likely pooled as well.",
+        "SIIM-ACR data, most likely pooled as well: they are the paper's, not ours, and carry no interval.",
         "- `dice_per_image` (ours): the **Kaggle score**, Dice per image with 1 for empty/empty, averaged "
-        "over test images; `empty_baseline_dice_per_image` is what predicting every mask empty scores.",
+        "over test images; `empty_baseline_dice_per_image` is what predicting every mask empty scores "
+        "(the share of test images with an empty mask): a Kaggle score near it means nothing was learned.",
+        "- `dice_positive` (ours): mean per-image Dice over test images with a non-empty mask; `auc`, "
+        "`sensitivity`, `specificity`: image-level (is the predicted mask non-empty?).",
         "",
         "Ours come from the data source each run names in its `metrics.json`: "
         + ("; ".join(sources) if sources else "unknown (no finished runs)") + ". "
         "Numbers on the built-in phantom are not comparable with the paper's.",
         "",
-        "",
     ]
-    cols = [c for c in df.columns if c not in ("data_kind",)]
-    body = to_markdown(df[cols])
-    notes = ["", "Columns:"] + [f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items() if k in df.columns]
-    return "\n".join(head) + body + "\n" + "\n".join(notes) + "\n"
+    if fallback:
+        head += [f"No `test_per_image.csv` for {', '.join(f'`{s}`' for s in fallback)}: those rows show the "
+                 "`metrics.json` numbers (mean over seeds) **without an interval**.", ""]
+    head.append("")
+    show = pd.DataFrame({"scenario": df["scenario"], "label": df["label"]})
+    for m in ("dice_pooled", "iou_pooled", "paper_dice", "paper_iou", "dice_per_image",
+              "empty_baseline_dice_per_image", "dice_positive", "auc", "sensitivity", "specificity"):
+        if m in has_ci:
+            show[m] = [_cell(r[m], r[f"{m}_{tag}_lo"], r[f"{m}_{tag}_hi"]) for _, r in df.iterrows()]
+        elif m in df.columns:
+            show[m] = df[m]
+    for c in ("n_seeds", "n_test_images", "best_epochs", "note"):
+        if c in df.columns:
+            show[c] = df[c]
+    body = to_markdown(show)
+    sd_cols = [f"{m}_seed_sd" for m in CI_METRICS if f"{m}_seed_sd" in df.columns]
+    multi = "n_seeds" in df.columns and bool((df["n_seeds"].fillna(0) > 1).any())
+    if multi and sd_cols:
+        sd = df[["scenario", "n_seeds", *sd_cols]].rename(columns={c: c.removesuffix("_seed_sd") for c in sd_cols})
+        spread = ["", "", "Spread over training seeds (sd of the seeds' values, ddof = 1; blank for one seed):", "",
+                  to_markdown(sd)]
+    else:
+        spread = ["", "", "One training seed per scenario: no spread over seeds (run more seeds to see it)."]
+    notes = ["", "Columns:"] + [f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items() if k in show.columns]
+    return "\n".join(head) + body + "\n".join(spread) + "\n" + "\n".join(notes) + "\n"
 
 
 def write_table4(df: pd.DataFrame, folder: Path | str,
@@ -236,6 +522,10 @@ def copy_through_table(runs: Mapping[str, Mapping[str, Any]], names: tuple[str, 
 
 
 def read_profile_runs(profile_dir: Path | str) -> dict[str, dict[str, Any]]:
-    """:func:`pneumolib.runio.read_runs` that returns ``{}`` when the folder does not exist."""
+    """:func:`pneumolib.runio.read_runs` that returns ``{}`` when the folder does not exist.
+
+    Keyed by folder name, so seed runs appear as ``<scenario>-seed<k>`` next to the plain
+    ``<scenario>`` run; :func:`table4` gathers them (:func:`seed_runs`, :func:`read_scenario_runs`).
+    """
     p = Path(profile_dir)
     return runio.read_runs(p) if p.is_dir() else {}

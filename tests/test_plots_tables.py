@@ -168,6 +168,11 @@ def test_table4_order_columns_and_paper_numbers(runs, registry_mode):
         assert r["best_epoch"] == 3
         assert r["empty_baseline_dice_per_image"] == pytest.approx(0.775)
         assert r["data_kind"] == "phantom"
+        # no test_per_image.csv in these runs: metrics.json values, one seed, no interval
+        assert r["n_seeds"] == 1 and r["n_test_images"] == 40
+        assert math.isnan(r["dice_pooled_ci95_lo"]) and math.isnan(r["dice_pooled_seed_sd"])
+        assert "no test_per_image.csv" in r["note"]
+    assert list(df.columns) == tables.TABLE4_COLUMNS
 
 
 def test_table4_missing_run_is_a_nan_row_with_a_note(runs):
@@ -188,7 +193,9 @@ def test_write_table4_states_which_dice(runs, tmp_path):
     assert "Kaggle" in md and "per image" in md
     assert "the paper's numbers" in md and "real SIIM-ACR" in md
     assert "phantom at /cache/phantom/x" in md  # ours: the data source named in metrics.json
-    assert "| resnet50 | ResNet-50 Encoder | 0.410 |" in md
+    assert "| resnet50 | ResNet-50 Encoder | 0.410 |" in md  # no interval: the mean alone
+    assert "without an interval" in md and "bootstrap interval over test images" in md
+    assert "ci95_lo" in csv.columns[3] and "n_seeds" in csv.columns
 
 
 def test_save_figures_writes_small_pngs(runs, tmp_path):
