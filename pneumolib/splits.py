@@ -300,7 +300,8 @@ def load_or_make_split(
     """The split for this data and config: read from ``folder`` if drawn before, else drawn
     now and written there (atomically).
 
-    The file is ``split-<protocol>-seed<seed>-<hash>.csv``, the hash covering the source
+    The seed is ``cfg.split_seed``, or ``cfg.seed`` when that is None. The file is
+    ``split-<protocol>-seed<seed>-<hash>.csv``, the hash covering the source
     fingerprint, protocol, seed, both fractions, ``paper_augment`` and N; a saved file
     whose ids do not match the source is redrawn.
 
@@ -309,9 +310,10 @@ def load_or_make_split(
     """
     y = np.asarray(has_pneumo).astype(np.int64).reshape(-1)
     ids = [str(i) for i in image_ids]
-    key = split_key(source_fingerprint, cfg.protocol, cfg.seed, cfg.test_frac, cfg.val_frac,
+    seed = cfg.seed if getattr(cfg, "split_seed", None) is None else int(cfg.split_seed)
+    key = split_key(source_fingerprint, cfg.protocol, seed, cfg.test_frac, cfg.val_frac,
                     cfg.paper_augment, y.size)
-    path = Path(folder) / f"split-{cfg.protocol}-seed{cfg.seed}-{key}.csv"
+    path = Path(folder) / f"split-{cfg.protocol}-seed{seed}-{key}.csv"
     if path.exists():
         try:
             df = read_split(path)
@@ -326,7 +328,7 @@ def load_or_make_split(
                 return df, path
         except (DataError, ValueError, KeyError, pd.errors.ParserError):
             pass  # unreadable or stale: redraw below
-    df = make_split(y, ids, cfg.protocol, cfg.seed, cfg.test_frac, cfg.val_frac,
+    df = make_split(y, ids, cfg.protocol, seed, cfg.test_frac, cfg.val_frac,
                     cfg.paper_augment)
     _write_csv_atomic(df, path)
     return df, path
