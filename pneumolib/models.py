@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "UNet",
+    "ALL_SKIPS",
     "InputSizeError",
     "ENCODER_PREFIXES",
     "DECODER_PREFIXES",
@@ -59,6 +60,10 @@ SMP_ENCODER_PREFIXES: tuple[str, ...] = ("encoder.",)
 
 #: How many times the U-Net halves its input; sides must be divisible by 2**DEPTH.
 DEPTH = 4
+
+#: Every skip level of :class:`UNet` (0 = top, full resolution ... 3): ``zero_skips=ALL_SKIPS``
+#: makes it an autoencoder without skip connections (see the class docstring).
+ALL_SKIPS: tuple[int, ...] = tuple(range(DEPTH))
 
 
 class InputSizeError(ConfigError, ValueError):
@@ -146,6 +151,17 @@ class UNet(nn.Module):
     ``w`` channels) by zeros of the same shape, so the reconstruction must come through the
     deeper path; levels 1-3 are the coarser skips.
 
+    Autoencoder without skip connections: ``UNet(..., zero_skips=ALL_SKIPS)`` (or the
+    attribute set to :data:`ALL_SKIPS`) zeroes every skip in training and evaluation alike,
+    so everything the decoder gets comes through the bottleneck and copying the input
+    through a skip is impossible. The architecture, state-dict keys and shapes stay those
+    of the normal U-Net, so weights transfer to and from it strictly; but the skip halves
+    of the decoder (the input channels ``[:, :c]`` of the first 3x3 conv of each
+    ``decoder.<i>.conv``, which see the zeroed skip) never receive signal or gradient and
+    keep their initial values. A model that uses them later (fine-tuning with skips on)
+    starts those weights from random. The attribute is not part of the state dict: set it
+    again after loading weights.
+
     Args:
         in_channels: input channels (1 for grayscale X-rays or masks).
         out_channels: output channels (1 for the binary mask or the reconstruction).
@@ -153,6 +169,7 @@ class UNet(nn.Module):
         norm: ``"batch"`` or ``"none"``.
         aux_head: also return an image-level logit from the globally average-pooled
             bottleneck features (dropout ``aux_dropout``, then a linear layer).
+        zero_skips: initial value of the attribute ``zero_skips`` (e.g. :data:`ALL_SKIPS`).
 
     Shapes:
         input ``(N, in_channels, H, W)`` float, ``H`` and ``W`` divisible by 16; output
@@ -171,6 +188,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         aux_head: bool = False,
         aux_dropout: float = 0.0,
+        zero_skips: Iterable[int] = (),
     ):
         super().__init__()
         if norm not in ("batch", "none"):
@@ -198,7 +216,9 @@ class UNet(nn.Module):
             else None
         )
         #: Skip levels replaced by zeros in :meth:`forward` when it gets ``zero_skips=None``.
-        self.zero_skips: tuple[int, ...] = ()
+        self.zero_skips: tuple[int, ...] = tuple(sorted(set(zero_skips)))
+        if not set(self.zero_skips) <= set(ALL_SKIPS):
+            raise ConfigError(f"zero_skips={list(self.zero_skips)}: skip levels are 0..{DEPTH - 1}")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -240,7 +260,8 @@ class UNet(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"base_width={self.base_width}, norm={self.norm!r}"
+        zs = f", zero_skips={self.zero_skips}" if self.zero_skips else ""
+        return f"base_width={self.base_width}, norm={self.norm!r}{zs}"
 
 
 def build_unet(cfg, in_channels: int = 1, out_channels: int = 1, **kwargs) -> UNet:
