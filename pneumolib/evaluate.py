@@ -30,16 +30,18 @@ def run_config(run: Path | str, overrides: dict[str, Any] | None = None) -> Conf
 def model_for_run(run: Path | str, cfg: Config) -> tuple[torch.nn.Module, str]:
     """An untrained network of the run's architecture and its task, from ``metrics.json``."""
     from .models import UNet, resnet50_unet
-    from .scenarios import SCENARIOS
+    from .scenarios import get_scenario
 
     run = Path(run)
     meta = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
     task = meta.get("task", "seg")
     scenario = meta.get("scenario")
-    if scenario and SCENARIOS[scenario].arch == "resnet50":
+    sc = get_scenario(scenario) if scenario else None  # any registered scenario, paper's or extra
+    if sc is not None and sc.arch == "resnet50":
         return resnet50_unet(in_channels=1, classes=1, encoder_weights=None,
                              encoder_name=cfg.resnet_encoder), task
-    return UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm), task
+    return UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm,
+                aux_head=bool(getattr(sc, "cls_head", False))), task
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

@@ -1,10 +1,18 @@
-"""The registry of the paper's six initialisations of the segmentation U-Net (its Table 4).
+"""The registry of the paper's six initialisations of the segmentation U-Net (its Table 4),
+and of the extra scenarios of this compendium.
 
 A :class:`Scenario` says which architecture is trained, where the encoder and decoder
-weights come from (``None`` = random, ``"xray"`` / ``"mask"`` = the X-ray / mask
-autoencoder, pretrained by ``pneumo pretrain --kind xray|mask``), and whether the encoder
-is frozen. :func:`build_model` turns a scenario name into a ready model; adding a scenario
-is one entry in :data:`SCENARIOS`.
+weights come from (``None`` = random, or an autoencoder kind of :data:`AE_KINDS`,
+pretrained by ``pneumo pretrain --kind KIND``), whether the encoder is frozen, and whether
+the model has an image-level classification head. :func:`build_model` turns a scenario name
+into a ready model.
+
+:data:`SCENARIOS` holds exactly the paper's six (``pneumo reproduce``, Figures 5-7 and
+Table 4 iterate it); :data:`EXTRA_SCENARIOS` holds the others (a pretext that cannot copy
+its input, an image-level head), which are not in the paper (``paper_dice`` /
+``paper_iou`` are nan). :data:`ALL_SCENARIOS` is both; :func:`get_scenario`,
+:func:`build_model`, ``pneumo train --scenario`` and
+:func:`pneumolib.train.train_scenario` accept every name in it.
 
 "Encoder" of the paper U-Net means ``encoder.*`` and ``bottleneck.*``; "decoder" means
 ``decoder.*`` and ``head.*`` (see :data:`pneumolib.models.ENCODER_PREFIXES`).
@@ -12,6 +20,7 @@ is one entry in :data:`SCENARIOS`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -30,14 +39,19 @@ from .models import (
 )
 
 __all__ = [
-    "Scenario", "SCENARIOS", "PAPER_GROUPS", "AE_KINDS", "get_scenario", "build_model",
+    "Scenario", "SCENARIOS", "EXTRA_SCENARIOS", "ALL_SCENARIOS", "PAPER_GROUPS", "AE_KINDS",
+    "get_scenario", "build_model",
     "transfer_weights", "transfer_report",
     # re-exported from pneumolib.models: the training loop calls it after model.train()
     "freeze_encoder", "apply_frozen_bn_eval",
 ]
 
-#: Autoencoder kinds a scenario can draw weights from.
-AE_KINDS = ("xray", "mask")
+#: Autoencoder kinds a scenario can draw weights from (``pneumo pretrain --kind``):
+#: ``xray`` / ``mask`` (the paper's: reconstruct the input X-ray or mask), ``genesis``
+#: (restore a Models Genesis-distorted X-ray, :mod:`pneumolib.pretext`) and ``xray_noskip``
+#: (reconstruct the X-ray with every skip connection zeroed). All are the paper U-Net, so
+#: their state dicts have the same keys and shapes.
+AE_KINDS = ("xray", "mask", "genesis", "xray_noskip")
 
 
 @dataclass(frozen=True)
@@ -48,10 +62,17 @@ class Scenario:
         name: registry key (also the papermill parameter and the results folder name).
         label: the row label of the paper's Table 4.
         arch: ``"unet"`` (the paper's U-Net) or ``"resnet50"`` (smp U-Net, ImageNet encoder).
-        encoder_from: ``None`` (random; ImageNet for ``resnet50``) or ``"xray"``.
-        decoder_from: ``None`` (random), ``"xray"`` or ``"mask"``.
+        encoder_from: ``None`` (random; ImageNet for ``resnet50``) or a kind of
+            :data:`AE_KINDS` (the paper uses ``"xray"``).
+        decoder_from: ``None`` (random) or a kind of :data:`AE_KINDS` (the paper:
+            ``"xray"`` or ``"mask"``).
         freeze_encoder: encoder (+ bottleneck) without gradients, BatchNorm in eval mode.
-        paper_dice / paper_iou: the paper's Table 4 numbers (pooled, test split).
+        paper_dice / paper_iou: the paper's Table 4 numbers (pooled, test split); nan for
+            scenarios not in the paper.
+        cls_head: the model also returns an image-level logit ("this image has a
+            pneumothorax") from its pooled bottleneck (``UNet(aux_head=True)``; smp's
+            ``aux_params`` for ``resnet50``); never transferred (random init). Trained with
+            :data:`pneumolib.train.CLS_WEIGHT` x BCE on top of the segmentation loss.
     """
 
     name: str
@@ -62,6 +83,7 @@ class Scenario:
     freeze_encoder: bool
     paper_dice: float
     paper_iou: float
+    cls_head: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ("unet", "resnet50"):
@@ -75,7 +97,7 @@ class Scenario:
 
     @property
     def needs(self) -> set[str]:
-        """The autoencoder kinds that must be pretrained first (subset of ``{"xray", "mask"}``)."""
+        """The autoencoder kinds that must be pretrained first (subset of :data:`AE_KINDS`)."""
         return {s for s in (self.encoder_from, self.decoder_from) if s is not None}
 
     def claims(self) -> list[tuple[tuple[str, ...], str]]:
@@ -103,6 +125,30 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 
+_NAN = math.nan
+#: Scenarios beyond the paper (not in Table 4, Figures 5-7 or ``pneumo reproduce``):
+#:
+#: * ``genesis_full`` / ``genesis_encoder``: encoder and decoder, or the encoder only, from
+#:   the Models Genesis restoration autoencoder (``pneumo pretrain --kind genesis``), a
+#:   pretext that cannot be solved by copying the input through a skip;
+#: * ``noskip_encoder``: the encoder of the X-ray autoencoder trained with every skip zeroed
+#:   (``--kind xray_noskip``): the bottleneck must carry the whole image;
+#: * ``random_cls``: the random U-Net with an image-level "pneumothorax present" head on the
+#:   pooled bottleneck (the 4th-place SIIM-ACR Kaggle idea: decide empty masks per image).
+EXTRA_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        #    name               label                                         arch    enc            dec        frozen dice  iou   cls
+        _S("genesis_full",     "Models Genesis weights (encoder and decoder)", "unet", "genesis",     "genesis", False, _NAN, _NAN),
+        _S("genesis_encoder",  "Models Genesis encoder only",                  "unet", "genesis",     None,      False, _NAN, _NAN),
+        _S("noskip_encoder",   "No-skip autoencoder encoder only",             "unet", "xray_noskip", None,      False, _NAN, _NAN),
+        _S("random_cls",       "Randomly initialized + image-level head",      "unet", None,          None,      False, _NAN, _NAN, True),
+    )
+}
+
+#: The paper's six, then the extras: every name :func:`get_scenario` accepts.
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **EXTRA_SCENARIOS}
+
 #: Scenario groups of the paper's Figures 5-7 (four panels each: train loss, validation
 #: loss, test Dice, test IoU). ``None`` in figure7 is "the best autoencoder scenario",
 #: chosen at plot time from the results.
@@ -114,14 +160,15 @@ PAPER_GROUPS: dict[str, list[str | None]] = {
 
 
 def get_scenario(name: str | Scenario) -> Scenario:
-    """The registered scenario ``name``; ConfigError listing the valid names otherwise."""
+    """The registered scenario ``name`` (of :data:`ALL_SCENARIOS`); ConfigError listing the
+    valid names otherwise."""
     if isinstance(name, Scenario):
         return name
     try:
-        return SCENARIOS[name]
+        return ALL_SCENARIOS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown scenario {name!r}; valid scenarios: {', '.join(SCENARIOS)}"
+            f"unknown scenario {name!r}; valid scenarios: {', '.join(ALL_SCENARIOS)}"
         ) from None
 
 
@@ -186,6 +233,34 @@ def transfer_weights(
     return sources
 
 
+def segmentation_head(model: nn.Module) -> nn.Conv2d:
+    """The last (1x1 or 3x3) convolution producing the mask logits, for both architectures."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Conv2d):
+        return head
+    seg = getattr(model, "segmentation_head", None)  # smp
+    if seg is not None:
+        convs = [m for m in seg.modules() if isinstance(m, nn.Conv2d)]
+        if convs:
+            return convs[-1]
+    raise ConfigError(f"{type(model).__name__} has no segmentation head convolution")
+
+
+def init_head_prior(model: nn.Module, prior: float) -> None:
+    """Set the mask head's bias to ``log(prior / (1 - prior))``: every pixel starts at
+    probability ``prior`` (Lin et al. 2017, Focal Loss, section 4.1 "Initialization").
+
+    Applied after any transfer: an autoencoder's head bias meant an intensity offset, not a
+    logit. The weights are kept (transferred or random)."""
+    if not 0.0 < prior < 1.0:
+        raise ConfigError(f"head prior {prior} must lie in (0, 1)")
+    head = segmentation_head(model)
+    if head.bias is None:
+        raise ConfigError("the segmentation head has no bias to initialise")
+    with torch.no_grad():
+        head.bias.fill_(math.log(prior / (1.0 - prior)))
+
+
 def build_model(
     name: str | Scenario,
     cfg,
@@ -194,16 +269,17 @@ def build_model(
     """The segmentation model of scenario ``name``, initialised and frozen as it says.
 
     Args:
-        name: a key of :data:`SCENARIOS` (or a :class:`Scenario`).
+        name: a key of :data:`ALL_SCENARIOS` (or a :class:`Scenario`).
         cfg: a :class:`~pneumolib.config.Config` (``base_width``, ``unet_norm``,
             ``encoder_weights``, ``resnet_fallback_random``).
-        ae_states: ``{"xray": state_dict, "mask": state_dict}`` of the autoencoder
+        ae_states: ``{kind: state_dict}`` (e.g. ``{"xray": ..., "mask": ...}``) of the autoencoder
             :class:`~pneumolib.models.UNet` s (keys as ``UNet.state_dict()``); only the kinds
             in ``scenario.needs`` are used.
 
     Returns:
-        ``(N, 1, H, W) -> (N, 1, H, W)`` logits model, with attributes ``scenario`` (the
-        name) and ``weights_sources`` (``{key: "xray" | "mask"}`` of the transferred keys);
+        ``(N, 1, H, W) -> (N, 1, H, W)`` logits model (``-> (logits, (N, 1) class logit)``
+        when ``scenario.cls_head``), with attributes ``scenario`` (the name) and
+        ``weights_sources`` (``{key: autoencoder kind}`` of the transferred keys);
         the ResNet-50 model also has ``weights_source`` (see
         :func:`~pneumolib.models.resnet50_unet`).
 
@@ -217,14 +293,19 @@ def build_model(
             in_channels=1, classes=1, encoder_weights=cfg.encoder_weights,
             fallback_random=cfg.resnet_fallback_random,
             encoder_name=getattr(cfg, "resnet_encoder", "resnet50"),
+            aux_params=dict(classes=1) if sc.cls_head else None,
         )
         sources: dict[str, str] = {}
     else:
-        model = build_unet(cfg, in_channels=1, out_channels=1)
+        model = build_unet(cfg, in_channels=1, out_channels=1, aux_head=sc.cls_head)
         sources = transfer_weights(model, sc, ae_states)
+    prior = float(getattr(cfg, "head_prior", 0.0) or 0.0)
+    if prior > 0:
+        init_head_prior(model, prior)
     if sc.freeze_encoder:
         freeze_encoder(model)
     model.scenario = sc.name
+    model.head_prior = prior
     model.weights_sources = sources
     return model
 
@@ -236,7 +317,7 @@ def transfer_report(
 ) -> dict[str, str]:
     """``{parameter/buffer name: source}`` for every entry of ``model.state_dict()``.
 
-    Sources: ``"xray"`` / ``"mask"`` (copied from that autoencoder), ``"random"``, and for
+    Sources: an autoencoder kind (copied from that autoencoder), ``"random"``, and for
     the ResNet-50 encoder ``"imagenet"``, ``"file:<path>"`` or ``"random"`` (from the
     model's ``weights_source``). Derived from the scenario's claims; a claimed key missing
     from a given autoencoder state is a WeightsError (kinds not in ``ae_states`` are not
@@ -262,4 +343,9 @@ def transfer_report(
                     )
                 src = kind
         report[key] = src
+    if getattr(model, "head_prior", 0.0):
+        bias = segmentation_head(model).bias
+        for key, p in model.named_parameters():
+            if p is bias:
+                report[key] = "prior"  # init_head_prior overwrote it after any transfer
     return report

@@ -2,9 +2,16 @@
 
 One :class:`PneumoModule` trains every model of the compendium:
 
-- ``task="seg"``: segmentation, BCE + Dice from logits (the paper's loss);
+- ``task="seg"``: segmentation, BCE + Dice from logits (the paper's loss); for models with
+  an image-level head (``(mask_logits, class_logit)`` outputs), plus :data:`CLS_WEIGHT` x
+  BCE of the class logit against "the mask is not empty";
 - ``task="ae_xray"`` / ``"ae_mask"``: the autoencoders, MSE reconstruction of the input
-  X-ray (normalised) or mask (0/1).
+  X-ray (normalised) or mask (0/1);
+- ``task="ae_genesis"``: restoration of the clean (normalised) X-ray from its Models Genesis
+  distortion (:func:`pneumolib.pretext.genesis_distort`, applied on the batch's device in
+  the training / validation step), MSE;
+- ``task="ae_xray_noskip"``: ``ae_xray`` with every skip connection of the U-Net zeroed
+  (``model.zero_skips = ALL_SKIPS``), in training and evaluation.
 
 Each epoch validates on ``[val, test]`` (the paper plots test metrics per epoch), gathers
 per-image counts across processes (exact under DDP: duplicates that the distributed
@@ -34,8 +41,23 @@ from .errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("seg", "ae_xray", "ae_mask")
-AE_KINDS = {"xray": "ae_xray", "mask": "ae_mask"}
+TASKS = ("seg", "ae_xray", "ae_mask", "ae_genesis", "ae_xray_noskip")
+#: ``pneumo pretrain --kind`` -> task name, which is also the run folder's name.
+AE_KINDS = {"xray": "ae_xray", "mask": "ae_mask", "genesis": "ae_genesis", "xray_noskip": "ae_xray_noskip"}
+
+#: Weight of the image-level BCE for models with a classification head (scenario
+#: ``random_cls``): loss = BCE(mask) + Dice(mask) + CLS_WEIGHT * BCE(class logit, mask
+#: non-empty). Why 0.5: the segmentation loss is two terms of order 1 (about 0.7 + 0.9 at
+#: initialisation), the image-level BCE one term starting at ln 2 = 0.69; at 0.5 the head
+#: makes about a fifth of the initial loss, enough to shape the shared encoder towards the
+#: empty / not-empty decision without outweighing the mask objective that the scenarios are
+#: compared on (weight 1 would make it close to half of it). A choice, not tuned.
+CLS_WEIGHT = 0.5
+
+#: Base of the per-item seeds of the Models Genesis distortion in validation, test and the
+#: copy-through measurement: fixed, so every run (any seed, any device count, a later
+#: ``pneumo evaluate``) scores restoration on the very same distorted images.
+EVAL_PRETEXT_SEED = 20190613
 
 
 # -- losses -----------------------------------------------------------------------------
@@ -56,24 +78,43 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class PneumoModule(pl.LightningModule):
     """Wraps any image-to-image model (``(B,1,H,W) -> (B,1,H,W)`` logits or reconstruction).
 
+    Models may also return ``(mask_logits, class_logit)`` (an image-level head, segmentation
+    only): the loss adds ``cls_weight`` x BCE of the class logit against "mask not empty",
+    and the per-image ``score`` (image-level AUC) is ``sigmoid(class_logit)`` instead of the
+    maximum pixel probability, which is kept as ``pixel_max`` (equal to ``score`` for
+    plain models). :meth:`forward` returns whatever the model returns.
+
     Args:
         model: the network (see :mod:`pneumolib.models`, :mod:`pneumolib.scenarios`).
-        task: ``seg``, ``ae_xray`` or ``ae_mask``.
+        task: one of :data:`TASKS`. ``ae_xray_noskip`` sets ``model.zero_skips`` to every
+            level (the model must be a :class:`~pneumolib.models.UNet`).
         lr: Adam learning rate (the paper: 1e-4).
         threshold: probability threshold for binary masks in the metrics.
         channels_last: use the channels-last memory format (helps convolutions on GPUs).
+        cls_weight: weight of the image-level BCE (:data:`CLS_WEIGHT`).
+        seed: seeds the training distortions of ``ae_genesis`` (with epoch, batch index and
+            process rank); validation uses per-item seeds from :data:`EVAL_PRETEXT_SEED`.
     """
 
     def __init__(self, model: nn.Module, task: str = "seg", lr: float = 1e-4,
-                 threshold: float = 0.5, channels_last: bool = False):
+                 threshold: float = 0.5, channels_last: bool = False,
+                 cls_weight: float = CLS_WEIGHT, seed: int = 0):
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"task={task!r} is unknown; valid: {', '.join(TASKS)}")
+        if task == "ae_xray_noskip":
+            from .models import ALL_SKIPS
+
+            if not hasattr(model, "zero_skips"):
+                raise ConfigError("task ae_xray_noskip needs the paper U-Net (zero_skips)")
+            model.zero_skips = ALL_SKIPS
         self.model = model
         self.task = task
         self.lr = lr
         self.threshold = threshold
         self.channels_last = channels_last
+        self.cls_weight = float(cls_weight)
+        self.seed = int(seed)
         self.save_hyperparameters(ignore=["model"])
         self._train_sum = torch.zeros(2, dtype=torch.float64)
         self._eval: dict[int, dict[str, list[torch.Tensor]]] = {}
@@ -93,16 +134,49 @@ class PneumoModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generator(self, *parts: int) -> torch.Generator:
+        """A generator on the batch's device (CPU where none can live), seeded by
+        ``(seed, *parts)``."""
+        seed = int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, *[int(p) for p in parts]])
+                   .generate_state(1, np.uint64)[0] >> 1)
+        try:
+            g = torch.Generator(device=self.device)
+        except RuntimeError:  # a device without its own generators
+            g = torch.Generator()
+        return g.manual_seed(seed)
+
+    def _inputs(self, batch: dict[str, torch.Tensor], train_step: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(network input, target)``. For ``ae_genesis`` the input is the distorted X-ray:
+        in training seeded by (seed, epoch, ``train_step``, rank); in evaluation per item."""
         if self.task == "ae_mask":
             x = batch["mask"]
             return x, x
         x = batch["image"]
-        return x, (x if self.task == "ae_xray" else batch["mask"])
+        if self.task == "ae_genesis":
+            from .pretext import genesis_distort, genesis_distort_items, item_seeds
 
-    def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if train_step is not None:
+                rank = self.trainer.global_rank if self._trainer is not None else 0
+                g = self._generator(self.current_epoch, train_step, rank)
+                return genesis_distort(x, g), x
+            return genesis_distort_items(x, item_seeds(batch["index"], EVAL_PRETEXT_SEED)), x
+        return x, (batch["mask"] if self.task == "seg" else x)
+
+    @staticmethod
+    def _split(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(mask logits or reconstruction, class logit or None)`` of a model's output."""
+        if isinstance(out, (tuple, list)):
+            return out[0], out[1]
+        return out, None
+
+    def _loss(self, out: torch.Tensor, target: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
         if self.task == "seg":
-            return bce_dice_loss(out, target)
+            loss = bce_dice_loss(out, target)
+            if cls is not None:
+                has = (target.flatten(1).amax(1) > 0.5).float()
+                loss = loss + self.cls_weight * F.binary_cross_entropy_with_logits(cls.float().reshape(-1), has)
+            return loss
         return F.mse_loss(out.float(), target.float())
 
     def configure_optimizers(self):
@@ -115,11 +189,11 @@ class PneumoModule(pl.LightningModule):
         self._epoch_t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        x, target = self._inputs(batch)
+        x, target = self._inputs(batch, train_step=batch_idx)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.model(x)
-        loss = self._loss(out, target)
+        out, cls = self._split(self.model(x))
+        loss = self._loss(out, target, cls)
         n = x.shape[0]
         # in place, no host-to-device copy and no .item(): nothing here waits for the GPU
         self._train_sum[0] += loss.detach().double() * n
@@ -135,21 +209,25 @@ class PneumoModule(pl.LightningModule):
         x, target = self._inputs(batch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.model(x)
+        out, cls = self._split(self.model(x))
         n = x.shape[0]
         # epoch loss = mean of batch losses weighted by batch size (the training loss's own
         # definition; the batch Dice term is not a per-item quantity)
         if self.task == "seg":
-            loss_sum = bce_dice_loss(out, target).detach().double() * n
+            loss_sum = self._loss(out, target, cls).detach().double() * n
         else:
             loss_sum = F.mse_loss(out.float(), target.float(), reduction="sum").detach().double() / out[0].numel()
-        store = self._eval.setdefault(dataloader_idx, {"loss": [], "index": [], "counts": [], "score": [], "se": []})
+        store = self._eval.setdefault(dataloader_idx, {"loss": [], "index": [], "counts": [], "score": [],
+                                                       "pixel_max": [], "se": []})
         store["loss"].append(torch.stack([loss_sum, torch.tensor(float(n), dtype=torch.float64, device=out.device)]))
         store["index"].append(batch["index"].long())
         if self.task == "seg":
             prob = torch.sigmoid(out.float())
             store["counts"].append(metrics.per_image_counts_torch(prob > self.threshold, target > 0.5))
-            store["score"].append(prob.flatten(1).amax(1))
+            pixel_max = prob.flatten(1).amax(1)
+            store["pixel_max"].append(pixel_max)
+            store["score"].append(pixel_max if cls is None else torch.sigmoid(cls.float().reshape(-1)))
+            store["has_cls"] = cls is not None
         else:
             store["se"].append(((out.float() - target.float()) ** 2).flatten(1).mean(1))
 
@@ -169,12 +247,16 @@ class PneumoModule(pl.LightningModule):
             if self.task == "seg":
                 counts = self._gather(torch.cat(store["counts"])).cpu().numpy()
                 score = self._gather(torch.cat(store["score"])).cpu().numpy()
+                pixel_max = self._gather(torch.cat(store["pixel_max"])).cpu().numpy()
                 keep = metrics.dedup_gathered(index)
-                index, counts, score = index[keep], counts[keep], score[keep]
-                res = metrics.summarize(counts, scores=score, labels=(counts[:, 2] > 0).astype(int))
+                index, counts, score, pixel_max = index[keep], counts[keep], score[keep], pixel_max[keep]
+                labels = (counts[:, 2] > 0).astype(int)
+                res = metrics.summarize(counts, scores=score, labels=labels)
+                if store.get("has_cls"):  # an image-level head gave the scores
+                    res["auc_pixel_max"] = metrics.auc(pixel_max, labels)
                 res["_per_image"] = pd.DataFrame({
                     "index": index, "intersection": counts[:, 0], "pred_area": counts[:, 1],
-                    "true_area": counts[:, 2], "score": score})
+                    "true_area": counts[:, 2], "score": score, "pixel_max": pixel_max})
             else:
                 se = self._gather(torch.cat(store["se"])).cpu().numpy()
                 keep = metrics.dedup_gathered(index)
@@ -302,7 +384,7 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
     seed_everything(cfg.seed)  # again: the model's construction consumed random numbers
     dm = datamodule or PneumoDataModule(cfg)
     dm.setup("fit")
-    module = PneumoModule(model, task=task, lr=cfg.lr, threshold=cfg.threshold)
+    module = PneumoModule(model, task=task, lr=cfg.lr, threshold=cfg.threshold, seed=cfg.seed)
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if not resume:
@@ -382,20 +464,26 @@ def load_model_state(folder: Path | str) -> dict[str, torch.Tensor]:
 
 
 def pretrain(cfg: Config, kind: str, out: Path | str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train the X-ray (``kind="xray"``) or mask (``"mask"``) autoencoder with MSE.
+    """Train one autoencoder of :data:`AE_KINDS` with MSE; the run folder is the task name.
+
+    Kinds: ``xray`` (reconstruct the X-ray), ``mask`` (the mask), ``genesis`` (restore the
+    clean X-ray from its Models Genesis distortion, skips on; folder ``ae_genesis``),
+    ``xray_noskip`` (reconstruct the X-ray with every skip zeroed; ``ae_xray_noskip``).
 
     Also measures the copy-through trap: the test reconstruction error with the top skip
-    connection zeroed, next to the normal one (recorded in ``metrics.json``).
+    connection zeroed, next to the normal one (recorded in ``metrics.json``; see
+    :func:`copy_through`).
     """
     from .datamodule import PneumoDataModule
-    from .models import UNet
+    from .models import ALL_SKIPS, UNet
 
     if kind not in AE_KINDS:
         raise ConfigError(f"autoencoder kind {kind!r} is unknown; valid: {', '.join(AE_KINDS)}")
     task = AE_KINDS[kind]
     out_dir = run_dir(cfg, task, out)
     _start(cfg)
-    model = UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm)
+    model = UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm,
+                 zero_skips=ALL_SKIPS if kind == "xray_noskip" else ())
     dm = PneumoDataModule(cfg)
     summary = fit(cfg, model, task, out_dir, cfg.ae_max_epochs, datamodule=dm, resume=resume)
     if summary:
@@ -411,36 +499,58 @@ def copy_through(model: nn.Module, dm: Any, task: str, max_batches: int = 50) ->
     A U-Net autoencoder can copy its input through the highest-resolution skip and learn
     little in its deep layers. If zeroing that skip barely raises the error, the deep path
     carries the reconstruction; a large ratio means the network mostly copies.
+
+    Per task: the input is the mask (``ae_mask``), the X-ray, or for ``ae_genesis`` the
+    distorted X-ray (the per-item distortion of validation) with the clean X-ray as target;
+    the extra key ``mse_input_as_output`` is then the error of returning the distorted input
+    unchanged. Skips the model already zeroes (``model.zero_skips``; every level for
+    ``ae_xray_noskip``) stay zeroed in both passes, so for the no-skip autoencoder the two
+    errors are the same (ratio 1: nothing to copy through).
     """
     model = model.eval()
+    own = tuple(sorted(getattr(model, "zero_skips", ()) or ()))
+    top = tuple(sorted(set(own) | {0}))
     sums = {"mse": 0.0, "mse_top_skip_zeroed": 0.0, "mse_identity_baseline": 0.0}
+    if task == "ae_genesis":
+        from .pretext import genesis_distort_items, item_seeds
+
+        sums["mse_input_as_output"] = 0.0
     n = 0
     for b, batch in enumerate(dm.test_dataloader()):
         if b >= max_batches:
             break
-        x = batch["mask"] if task == "ae_mask" else batch["image"]
-        sums["mse"] += float(F.mse_loss(model(x), x, reduction="sum"))
-        sums["mse_top_skip_zeroed"] += float(F.mse_loss(model(x, zero_skips=(0,)), x, reduction="sum"))
-        sums["mse_identity_baseline"] += float(F.mse_loss(torch.zeros_like(x) + x.mean(), x, reduction="sum"))
-        n += x.numel()
-    out = {k: v / max(n, 1) for k, v in sums.items()}
+        target = batch["mask"] if task == "ae_mask" else batch["image"]
+        x = target
+        if task == "ae_genesis":
+            x = genesis_distort_items(target, item_seeds(batch["index"], EVAL_PRETEXT_SEED))
+            sums["mse_input_as_output"] += float(F.mse_loss(x, target, reduction="sum"))
+        sums["mse"] += float(F.mse_loss(model(x), target, reduction="sum"))
+        sums["mse_top_skip_zeroed"] += float(F.mse_loss(model(x, zero_skips=top), target, reduction="sum"))
+        sums["mse_identity_baseline"] += float(F.mse_loss(torch.zeros_like(target) + target.mean(), target,
+                                                          reduction="sum"))
+        n += target.numel()
+    out: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
     out["ratio_zeroed_over_normal"] = out["mse_top_skip_zeroed"] / max(out["mse"], 1e-12)
+    if own:
+        out["model_zero_skips"] = list(own)
     return out
 
 
 def train_scenario(cfg: Config, scenario: str, out: Path | str | None = None,
                    ae_dir: Path | str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Fine-tune one of :data:`pneumolib.scenarios.SCENARIOS` for segmentation.
+    """Fine-tune one of :data:`pneumolib.scenarios.ALL_SCENARIOS` (the paper's six and the
+    extras) for segmentation.
 
     Args:
-        ae_dir: folder holding the ``ae_xray`` / ``ae_mask`` runs (default: the profile's
-            results folder); only read for scenarios that transfer autoencoder weights.
+        ae_dir: folder holding the autoencoder runs (``ae_xray``, ``ae_mask``, ``ae_genesis``,
+            ``ae_xray_noskip``; default: the profile's results folder); only read for
+            scenarios that transfer autoencoder weights.
     """
-    from .scenarios import SCENARIOS, build_model, transfer_report
+    from .scenarios import ALL_SCENARIOS, build_model, transfer_report
 
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"scenario {scenario!r} is unknown; valid: {', '.join(SCENARIOS)}")
-    sc = SCENARIOS[scenario]
+    if scenario not in ALL_SCENARIOS:
+        raise ConfigError(f"scenario {scenario!r} is unknown; valid: {', '.join(ALL_SCENARIOS)}")
+    sc = ALL_SCENARIOS[scenario]
     base = Path(ae_dir) if ae_dir else paths.results_dir(cfg.name)
     ae_states = {}
     for kind in sorted(sc.needs):
@@ -460,6 +570,9 @@ def train_scenario(cfg: Config, scenario: str, out: Path | str | None = None,
              "architecture": (f"smp Unet, {cfg.resnet_encoder} encoder" if sc.arch == "resnet50"
                               else f"paper U-Net, base width {cfg.base_width}, norm {cfg.unet_norm}"),
              "weights_source": getattr(model, "weights_source", None), "transfer": sources,
+             "head_prior": getattr(model, "head_prior", 0.0),  # head bias set after the transfer
              "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
              "parameters": int(sum(p.numel() for p in model.parameters()))}
+    if sc.cls_head:
+        extra["cls_head"] = {"cls_weight": CLS_WEIGHT, "score": "sigmoid(class logit)"}
     return fit(cfg, model, "seg", run_dir(cfg, scenario, out), cfg.max_epochs, extra=extra, resume=resume)
