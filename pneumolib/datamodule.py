@@ -133,6 +133,36 @@ def collate_batch(batch: Any) -> Any:
     return default_collate(batch)
 
 
+def label_subset(split: "pd.DataFrame", frac: float, seed: int = 0) -> np.ndarray:
+    """Training rows of a label-efficiency run: ``frac`` of the training source images.
+
+    The subset is drawn per class (sources with and without pneumothorax, at least one of
+    each when the class exists), with a fixed ``seed`` so that every scenario and every run
+    seed sees the same labelled images; a source's augmented copies come with it. The rows
+    are then repeated (cycled) up to the number of training rows with all labels, so an
+    epoch has as many optimiser steps as a full-label epoch: the comparison is at equal
+    training steps, not at equal passes over fewer images.
+
+    Returns:
+        ``(K,)`` int64 row numbers of ``split`` (``K`` = all training rows).
+    """
+    train = split[split["split"] == "train"]
+    all_rows = np.flatnonzero(split["split"].to_numpy() == "train")
+    if frac >= 1.0:
+        return all_rows
+    rng = np.random.default_rng(seed)
+    src_pos = train.groupby("src")["has_pneumo"].max()
+    chosen: list[Any] = []
+    for label in (1, 0):
+        srcs = np.sort(src_pos.index[src_pos.to_numpy() == label].to_numpy())
+        if srcs.size == 0:
+            continue
+        k = max(1, int(round(frac * srcs.size)))
+        chosen.extend(rng.choice(srcs, size=k, replace=False).tolist())
+    keep = np.flatnonzero((split["split"].to_numpy() == "train") & split["src"].isin(chosen).to_numpy())
+    return np.resize(keep, all_rows.size).astype(np.int64)
+
+
 class SplitDataset(Dataset):
     """The items of one split, read from the materialised memmaps.
 
@@ -364,9 +394,12 @@ class PneumoDataModule(pl.LightningDataModule):
         self.items_folder = st["items"]
         m, s = len(self.split), self.cache.size
         names = self.split["split"].to_numpy()
+        rows = {name: np.flatnonzero(names == name) for name in SPLITS}
+        if self.cfg.label_frac < 1.0:
+            rows["train"] = label_subset(self.split, self.cfg.label_frac)
         self.datasets = {
             name: SplitDataset(
-                self.items_folder, np.flatnonzero(names == name), m, s, self.mean, self.std,
+                self.items_folder, rows[name], m, s, self.mean, self.std,
                 transform=train_transform(self.cfg) if name == "train" else None,
             )
             for name in SPLITS
