@@ -2,12 +2,13 @@
 
     pneumo data phantom --out DIR --n N --size S --seed K     write the built-in phantom set
     pneumo data info PATH                                     what a data folder holds
-    pneumo pretrain --kind xray|mask                          train an autoencoder
+    pneumo pretrain --kind xray|mask|genesis|xray_noskip      train an autoencoder
     pneumo train --scenario NAME                              fine-tune one scenario
     pneumo evaluate --run DIR                                 re-evaluate a finished run
     pneumo params                                             parameter counts of the models
     pneumo reproduce [--profile demo|smoke|paper]             every notebook, figures, Table 4
     pneumo bench [--size 512] [--batch-size 32] [--quick]     speed of data, training, inference
+    pneumo predict INPUT... --checkpoint RUN --out DIR        masks, overlays, CSV for any X-rays
 
 Training commands take ``--profile``, ``--data``, ``--out``, ``--seed``, ``--max-epochs`` and
 ``--set KEY=VALUE`` for any other setting of :class:`pneumolib.config.Config`. Errors that
@@ -25,7 +26,9 @@ from typing import Any, Sequence
 from .config import PROFILES, field_names, get_config
 from .errors import ConfigError, PneumoError
 
-SCENARIO_NAMES = ("random", "ae_full", "ae_full_frozen", "ae_encoder", "ae_encoder_mask_decoder", "resnet50")
+SCENARIO_NAMES = ("random", "ae_full", "ae_full_frozen", "ae_encoder", "ae_encoder_mask_decoder", "resnet50",
+                  # beyond the paper: pneumolib.scenarios.EXTRA_SCENARIOS
+                  "genesis_full", "genesis_encoder", "noskip_encoder", "random_cls")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--skip-bad", action="store_true")
 
     pre = sub.add_parser("pretrain", help="train the X-ray or mask autoencoder (MSE)")
-    pre.add_argument("--kind", required=True, choices=["xray", "mask"])
+    pre.add_argument("--kind", required=True, choices=["xray", "mask", "genesis", "xray_noskip"])
     _run_options(pre)
 
     tr = sub.add_parser("train", help="fine-tune one transfer scenario for segmentation")
     tr.add_argument("--scenario", required=True, choices=SCENARIO_NAMES)
-    tr.add_argument("--ae-dir", help="folder with the ae_xray/ae_mask runs (default: the profile's results)")
+    tr.add_argument("--ae-dir", help="folder with the ae_<kind> autoencoder runs (default: the profile's results)")
     _run_options(tr)
 
     ev = sub.add_parser("evaluate", help="re-evaluate a finished run's model on its val and test splits")
@@ -115,13 +118,34 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data")
     rep.add_argument("--force", action="store_true", help="rerun notebooks that already completed")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rep.add_argument("--seeds", type=int, default=1, metavar="N",
+                     help="train every scenario with N seeds (the profile's seed, +1, ...); "
+                          "Table 4 then shows the mean over seeds (default: 1)")
+    rep.add_argument("--studies", default="", metavar="NAME,...",
+                     help="also run studies beyond the paper: leakage, image_level, pretext, "
+                          "label_efficiency, or all (see README, 'Beyond the paper')")
     bench = sub.add_parser("bench", help="speed: data loading, training (Lightning vs plain), inference, GPU")
     bench.add_argument("--size", type=int, default=512, help="image side in px (data, GPU parts)")
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--steps", type=int, default=None, help="timed training steps per measurement")
     bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
     bench.add_argument("--out", help="results folder (default: benchmarks/results)")
-    parser.commands = {"bench": bench, "data": data, "pretrain": pre, "train": tr, "evaluate": ev, "reproduce": rep}
+    pred = sub.add_parser("predict", help="pneumothorax masks, overlays and a CSV for X-ray files "
+                          "(PNG, JPEG, DICOM; any size or mode)")
+    pred.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="image files or folders (searched recursively)")
+    pred.add_argument("--checkpoint", required=True,
+                      help="run folder (config.json + model.pt + metrics.json), its model.pt, or a .ckpt")
+    pred.add_argument("--out", required=True, help="output folder: predictions.csv, masks/, overlays/")
+    pred.add_argument("--threshold", type=float,
+                      help="plain pixel threshold in [0, 1] (default: the run's postprocess.json, else 0.5)")
+    pred.add_argument("--min-area", type=int,
+                      help="positive only with more than N pixels above the threshold, at the model's size")
+    pred.add_argument("--batch-size", type=int, default=16)
+    pred.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    pred.add_argument("--no-images", action="store_true", help="write only predictions.csv")
+    parser.commands = {"bench": bench, "data": data, "pretrain": pre, "train": tr, "evaluate": ev,
+                       "reproduce": rep, "predict": pred}
     return parser
 
 
@@ -168,6 +192,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import POSITIVE, predict_paths
+
+    df = predict_paths(args.inputs, args.checkpoint, args.out, batch_size=args.batch_size,
+                       device=args.device, threshold=args.threshold, min_area=args.min_area,
+                       write_images=not args.no_images, progress=True)
+    ok = df["status"] == "ok"
+    n_skipped = len(df.attrs.get("skipped", []))
+    skipped = f", {n_skipped} other files skipped" if n_skipped else ""
+    print(f"predict: {len(df)} inputs, {int(ok.sum())} ok, {int((~ok).sum())} errors, "
+          f"{int((df['decision'] == POSITIVE).sum())} positive{skipped} -> {df.attrs['csv']}")
+    if not ok.any():
+        first = df["status"].iloc[0]
+        print(f"pneumo: error: none of the {len(df)} inputs could be read; the first: "
+              f"{first.removeprefix('error: ')} (every reason is in {df.attrs['csv']})", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -183,10 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return bench_main(size=args.size, batch_size=args.batch_size, steps=args.steps,
                               quick=args.quick, out=args.out)
+        if args.command == "predict":
+            return _cmd_predict(args)
         if args.command == "reproduce":
             from .reproduce import reproduce
 
-            return reproduce(profile=args.profile, data=args.data, force=args.force, sets=args.set)
+            return reproduce(profile=args.profile, data=args.data, force=args.force, sets=args.set,
+                             seeds=args.seeds, studies=args.studies)
         cfg = config_from_args(args)
         from . import train
 

@@ -346,11 +346,13 @@ def reconstructions(cfg: "Config", kind: str, n: int = 4, dm: Any = None,
     """A trained autoencoder on ``n`` test items: input, output, output with the top skip zeroed.
 
     Args:
-        kind: ``xray`` or ``mask`` (run folder ``results/<profile>/ae_<kind>/``).
+        kind: ``xray``, ``mask``, ``genesis`` or ``xray_noskip`` (run folder
+            ``results/<profile>/ae_<kind>/``).
         dm: a set-up datamodule (default: :func:`prepare` ``(cfg)``).
 
     Returns:
-        ``{"input", "reconstruction", "top skip zeroed"}``: ``(n, S, S)`` float32, in the
+        ``{"input", "reconstruction", "top skip zeroed"}`` (for ``genesis``: the distorted
+        input, the clean target, ...): ``(n, S, S)`` float32, in the
         network's space (normalised X-ray, or mask in {0, 1}). Positive test items are
         preferred so that mask reconstructions are not all black.
     """
@@ -371,8 +373,23 @@ def reconstructions(cfg: "Config", kind: str, n: int = 4, dm: Any = None,
     order = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y != 1)])[:n]
     items = [ds[int(k)] for k in order]
     x = torch.stack([it["mask" if kind == "mask" else "image"] for it in items])
+    target = x
+    if kind == "genesis":  # the restoration pretext: the network sees the distorted X-ray
+        from .pretext import genesis_distort_items, item_seeds
+        from .train import EVAL_PRETEXT_SEED
+
+        idx = torch.as_tensor([int(it["index"]) for it in items])
+        x = genesis_distort_items(x, item_seeds(idx, EVAL_PRETEXT_SEED))
+    if kind == "xray_noskip":
+        from .models import ALL_SKIPS
+
+        model.zero_skips = ALL_SKIPS
     with torch.no_grad():
         out = model(x)
-        zeroed = model(x, zero_skips=(0,))
-    return {"input": x[:, 0].numpy(), "reconstruction": out[:, 0].numpy(),
-            "top skip zeroed": zeroed[:, 0].numpy()}
+        zeroed = model(x, zero_skips=tuple(sorted(set(model.zero_skips) | {0})))
+    rec = {"input": x[:, 0].numpy(), "reconstruction": out[:, 0].numpy(),
+           "top skip zeroed": zeroed[:, 0].numpy()}
+    if kind == "genesis":
+        rec = {"input (distorted)": rec["input"], "target": target[:, 0].numpy(),
+               "reconstruction": rec["reconstruction"], "top skip zeroed": rec["top skip zeroed"]}
+    return rec

@@ -383,3 +383,93 @@ def reconstruction_grid(rec: Mapping[str, np.ndarray], title: str = "") -> Figur
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# -- studies beyond the paper ------------------------------------------------------------------
+#: Metrics of the study figures: (column, panel title).
+STUDY_PANELS = (
+    ("dice_pooled", "Test Dice (pooled)"),
+    ("dice_per_image", "Test Kaggle score (per-image Dice)"),
+)
+
+
+def study_bars(table: pd.DataFrame, x: str = "scenario", hue: Sequence[str] | str | None = None,
+               title: str = "", panels: Sequence[tuple[str, str]] = STUDY_PANELS) -> Figure:
+    """Grouped bars with 95 % interval whiskers, one panel per metric.
+
+    Args:
+        table: a study table (:mod:`pneumolib.studies`): columns ``x``, the ``hue`` columns,
+            and for each metric ``m``: ``m``, ``m_ci95_lo``, ``m_ci95_hi``; optional
+            ``empty_baseline`` (drawn dashed in the Kaggle-score panel).
+        hue: column(s) whose combined value splits the bars of one ``x`` group.
+    """
+    _style()
+    hue_cols = [hue] if isinstance(hue, str) else list(hue or [])
+    df = table.copy()
+    df["_hue"] = df[hue_cols].astype(str).agg(" / ".join, axis=1) if hue_cols else ""
+    groups = list(dict.fromkeys(df[x].astype(str)))
+    hues = list(dict.fromkeys(df["_hue"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 1.2 * len(groups) * max(1, len(hues)) ** 0.5) * len(panels) / 1.4, 4.0),
+                             squeeze=False)
+    width = 0.8 / max(1, len(hues))
+    cmap = plt.get_cmap("tab10")
+    for ax, (metric, ptitle) in zip(axes.ravel(), panels):
+        for j, h in enumerate(hues):
+            sub = df[df["_hue"] == h].set_index(df[df["_hue"] == h][x].astype(str))
+            xs, ys, err = [], [], [[], []]
+            for i, g in enumerate(groups):
+                if g not in sub.index:
+                    continue
+                r = sub.loc[g]
+                r = r.iloc[0] if isinstance(r, pd.DataFrame) else r
+                v = float(r.get(metric, np.nan))
+                lo, hi = float(r.get(f"{metric}_ci95_lo", np.nan)), float(r.get(f"{metric}_ci95_hi", np.nan))
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(v)
+                err[0].append(max(0.0, v - lo) if np.isfinite(lo) else 0.0)
+                err[1].append(max(0.0, hi - v) if np.isfinite(hi) else 0.0)
+            ax.bar(xs, ys, width=width * 0.95, yerr=err, capsize=3, color=cmap(j % 10), label=h or None)
+        if metric == "dice_per_image" and "empty_baseline" in df:
+            base = float(df["empty_baseline"].iloc[0])
+            ax.axhline(base, ls="--", color="k", lw=1, label=f"all-empty baseline ({base:.3f})")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(ptitle)
+        ax.set_ylabel(ptitle.split("(")[0].strip())
+    handles, labels = axes.ravel()[-1].get_legend_handles_labels()
+    if labels:
+        axes.ravel()[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle((title + "\n" if title else "") + "bars: test split; whiskers: 95 % bootstrap interval over test images",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def label_efficiency(table: pd.DataFrame, panels: Sequence[tuple[str, str]] = STUDY_PANELS) -> Figure:
+    """Score against the share of training labels (log x), one line per scenario, with
+    shaded 95 % intervals (a :func:`pneumolib.studies.label_efficiency_study` table)."""
+    _style()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
+    for ax, (metric, ptitle) in zip(axes.ravel(), panels):
+        for sc, sub in table.groupby("scenario", sort=False):
+            sub = sub.sort_values("label_frac")
+            color = _COLORS.get(str(sc))
+            ax.plot(sub["label_frac"], sub[metric], marker="o", label=_label(str(sc), None), color=color)
+            if f"{metric}_ci95_lo" in sub:
+                ax.fill_between(sub["label_frac"], sub[f"{metric}_ci95_lo"], sub[f"{metric}_ci95_hi"],
+                                alpha=0.12, color=color)
+        if metric == "dice_per_image" and "empty_baseline" in table and len(table):
+            base = float(table["empty_baseline"].iloc[0])
+            ax.axhline(base, ls="--", color="k", lw=1, label=f"all-empty baseline ({base:.3f})")
+        ax.set_xscale("log")
+        fracs = sorted(table["label_frac"].unique()) if len(table) else [0.01, 0.1, 1.0]
+        ax.set_xticks(fracs)
+        ax.set_xticklabels([f"{f:.0%}" for f in fracs])
+        ax.set_xlabel("share of training labels")
+        ax.set_ylim(0, 1)
+        ax.set_title(ptitle)
+    axes.ravel()[0].legend(fontsize=8)
+    fig.suptitle("Label efficiency (test split; shaded: 95 % bootstrap interval over test images)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the five notebook templates in ``notebooks/`` (stored without outputs).
+"""Write the notebook templates in ``notebooks/`` (stored without outputs).
 
 The notebooks are generated, not hand-edited, so that they share one shape: an imports
 cell, ONE ``parameters`` cell of flat literals (papermill injects its values after it),
@@ -189,23 +189,33 @@ zeroed, next to the normal one. A large ratio means the network mostly copies.
 {PHANTOM_NOTE}
 """),
         *header("from pneumolib import eda, paths, plots, runio, tables, train",
+                "kinds = \"xray,mask\"  # autoencoders to train: xray, mask (the paper's); genesis, xray_noskip (pretext study)\n"
                 "n_examples = 4  # test items in the reconstruction grids"),
-        md("## X-ray autoencoder (input: normalised X-ray, target: the same X-ray)"),
-        code("ae_xray = train.pretrain(cfg, \"xray\")\nae_xray[\"test\"]"),
-        md("## Mask autoencoder (input: mask, target: the same mask)"),
-        code("ae_mask = train.pretrain(cfg, \"mask\")\nae_mask[\"test\"]"),
+        md("""
+## Training
+
+`xray`: input the normalised X-ray, target the same X-ray. `mask`: input the mask, target the
+same mask. (The pretext study runs this notebook again with `genesis`: input an X-ray
+distorted by the Models Genesis transforms, target the clean X-ray; and `xray_noskip`: the
+X-ray autoencoder with every skip connection zeroed.)
+"""),
+        code("kind_list = [k.strip() for k in kinds.split(\",\") if k.strip()]\n"
+             "summaries = {k: train.pretrain(cfg, k) for k in kind_list}\n"
+             "{k: s[\"test\"] for k, s in summaries.items()}"),
         md("## Loss per epoch (read back from the run folders)"),
-        code("runs = runio.read_runs(paths.results_dir(cfg.name), [\"ae_xray\", \"ae_mask\"])\nfig = plots.plot_loss_curves(runs)"),
+        code("runs = runio.read_runs(paths.results_dir(cfg.name), [train.AE_KINDS[k] for k in kind_list])\n"
+             "fig = plots.plot_loss_curves(runs, names=tuple(runs))"),
         md("""
 ## The copy-through measurement
 
 `mse`: test reconstruction error; `mse_top_skip_zeroed`: the same with the top skip
 connection replaced by zeros; `mse_identity_baseline`: the error of predicting the mean.
 """),
-        code("tables.copy_through_table(runs)"),
+        code("tables.copy_through_table(runs, names=tuple(runs))"),
         md("## Reconstructions: input, output, output with the top skip zeroed"),
-        code("dm = eda.prepare(cfg)\nfig = plots.reconstruction_grid(eda.reconstructions(cfg, \"xray\", n=n_examples, dm=dm), \"X-ray autoencoder\")"),
-        code("fig = plots.reconstruction_grid(eda.reconstructions(cfg, \"mask\", n=n_examples, dm=dm), \"Mask autoencoder\")"),
+        code("dm = eda.prepare(cfg)\n"
+             "for k in kind_list:\n"
+             "    fig = plots.reconstruction_grid(eda.reconstructions(cfg, k, n=n_examples, dm=dm), f\"{k} autoencoder\")"),
     ]
 
 
@@ -234,12 +244,13 @@ plots. The metrics of the best checkpoint (lowest validation loss) go to `metric
 {WHICH_DICE}
 """),
         *header("from pneumolib import paths, plots, runio, scenarios, tables, train",
-                "scenario = \"random\"  # one of pneumolib.scenarios.SCENARIOS"),
-        code("sc = scenarios.get_scenario(scenario)\nsc"),
+                "scenario = \"random\"  # one of pneumolib.scenarios.ALL_SCENARIOS\n"
+                "run_name = \"\"  # results folder under results/<profile>/; empty: the scenario name"),
+        code("sc = scenarios.get_scenario(scenario)\nrun_dir = paths.results_dir(cfg.name) / (run_name or scenario)\nsc"),
         md("## Training"),
-        code("summary = train.train_scenario(cfg, scenario)"),
+        code("summary = train.train_scenario(cfg, scenario, out=run_dir)"),
         md("## Per epoch: the four panels of Figures 5-7 (read back from `epochs.csv`)"),
-        code("run = runio.read_run(paths.results_dir(cfg.name) / scenario)\n"
+        code("run = runio.read_run(run_dir)\n"
              "fig = plots.figure_group({scenario: run}, [scenario], f\"{sc.label} ({scenario})\")"),
         md("""
 ## The best checkpoint on validation and test
@@ -314,12 +325,146 @@ only, and the image-level AUC; then the copy-through measurement of the autoenco
     ]
 
 
+def nb_screening():
+    return [
+        md(f"""
+# 06 · Screening X-rays of COVID-19 patients for pneumothorax
+
+The paper ends by screening COVID-19 patients' chest X-rays for pneumothorax. This notebook
+runs the full predict path of `pneumo predict` (read any PNG / JPEG / DICOM of any size and
+mode, resize, model, post-process, write a mask and an overlay per image) over a folder laid
+out like the public `covid-chestxray-dataset` (`metadata.csv` + `images/`, DATA.md section 6),
+summarises the predictions by finding and view, and shows the most suspicious images.
+
+By default (`covid_dir = None`) it screens **held-out phantom images** (generated with another
+seed than the training phantom, written as a mix of PNG and JPEG, grey and RGB) so that the
+notebook runs anywhere. Point `covid_dir` at the real collection to screen real patients.
+
+The model: the finished main run with the best **validation** pooled Dice (never chosen on
+test), or the run named in `checkpoint_run`. Its `postprocess.json` (the tuned triplet of the
+image-level study), when present, sets the decision rule; otherwise threshold 0.5.
+"""),
+        *header("from pneumolib import paths, plots, screening, tables",
+                "covid_dir = None  # folder with metadata.csv and images/ (covid-chestxray-dataset), or None\n"
+                "checkpoint_run = \"\"  # run folder name under results/<profile>/; empty: the best on validation\n"
+                "top_k = 6  # overlays shown"),
+        code("folder = covid_dir or screening.heldout_phantom(cfg)\n"
+             "run = screening.pick_run(cfg, checkpoint_run)\n"
+             "print(\"screening\", folder, \"with\", run)"),
+        code("df = screening.screen(folder, run, paths.results_dir(cfg.name) / \"screening\")\n"
+             "df.head()"),
+        md("## By finding and view"),
+        code("summary = screening.summarise(df)\nsummary"),
+        md("## The most suspicious images"),
+        code("fig = screening.plot_most_suspicious(df, k=top_k)"),
+        code("screening.write_outputs(df, summary, fig, paths.figures_dir(cfg.name))"),
+    ]
+
+
+def nb_leakage():
+    return [
+        md(f"""
+# 07 · Leakage study: the paper's split protocol against a clean one
+
+The paper augments every positive image (a flip and a rotation) **before** splitting, so a
+flipped or rotated copy of a test image usually sits in the training set (notebook 02 counts
+it). Here the same scenarios are trained under both protocols on the same data, and the
+paper protocol's test split is cut into the items that have a copy in train/validation and
+those that do not. A score that is higher on the leaked items is the leak at work.
+
+{WHICH_DICE}
+"""),
+        *header("from pneumolib import paths, plots, studies"),
+        code("table = studies.leakage_study(cfg)\ntable"),
+        code("fig = plots.study_bars(table, x=\"scenario\", hue=[\"protocol\", \"test_items\"], "
+             "title=\"Leakage: paper vs clean protocol\")"),
+        code("studies.write_study(table, \"leakage\", paths.figures_dir(cfg.name), studies.LEAKAGE_NOTE, fig)"),
+    ]
+
+
+def nb_image_level():
+    return [
+        md(f"""
+# 08 · Image-level decisions: triplet post-processing and a classification head
+
+Most SIIM-ACR images are empty, and the Kaggle score gives 1 for an empty prediction on an
+empty image, so deciding **whether** an image has a pneumothorax matters as much as drawing
+it. Two ideas from the competition's winners, both tuned on the **validation** split only and
+scored on test:
+
+- the 1st place's *triplet*: an image is positive when more than `min_area` pixels exceed a
+  top threshold; its mask is then every pixel above a lower, bottom threshold;
+- the 4th place's image-level *classification head* (scenario `random_cls`): a mask is kept
+  only when the head's probability passes a gate.
+
+Each run's tuned triplet is written to its `postprocess.json`, which `pneumo predict` uses.
+
+{WHICH_DICE}
+"""),
+        *header("from pneumolib import image_level, paths, reproduce, studies"),
+        code("runs = {sc: paths.results_dir(cfg.name) / sc for sc in reproduce.scenario_order()}\n"
+             "runs.update(studies.study_runs(cfg, \"image_level\"))\n"
+             "sorted(runs)"),
+        code("table = image_level.image_level_study(runs, paths.figures_dir(cfg.name))\ntable"),
+    ]
+
+
+def nb_pretext():
+    return [
+        md(f"""
+# 09 · A pretext that cannot cheat
+
+The paper's X-ray autoencoder is a U-Net with skip connections: it can pass its input
+through the top skip and learn little in its encoder (notebook 03 measures this: the
+*copy-through ratio*). Two pretexts that cannot take that shortcut, each transferred like the
+paper's autoencoder:
+
+- **Models Genesis** restoration (Zhou et al.): the input X-ray is distorted (non-linear
+  intensity, local pixel shuffling, in-painting or out-painting) and the target is the clean
+  X-ray, so copying the input is wrong by construction (`genesis_full`, `genesis_encoder`);
+- an X-ray autoencoder **without skip connections**, whose reconstruction must pass the
+  bottleneck (`noskip_encoder`).
+
+{WHICH_DICE}
+"""),
+        *header("from pneumolib import paths, plots, studies"),
+        code("table = studies.pretext_study(cfg)\ntable"),
+        code("fig = plots.study_bars(table, x=\"scenario\", title=\"Pretext tasks: segmentation after transfer\")"),
+        code("studies.write_study(table, \"pretext\", paths.figures_dir(cfg.name), studies.PRETEXT_NOTE, fig)"),
+    ]
+
+
+def nb_label_efficiency():
+    return [
+        md(f"""
+# 10 · Label efficiency
+
+Pretraining matters most when labels are scarce, so this field compares initialisations at
+several label budgets. Every scenario is fine-tuned with 1 %, 10 % and 100 % of the
+training labels (the same class-stratified subset of source images for every scenario; the
+subset is cycled so that every run takes the same number of optimiser steps).
+
+{WHICH_DICE}
+"""),
+        *header("from pneumolib import paths, plots, studies"),
+        code("table = studies.label_efficiency_study(cfg)\ntable"),
+        code("fig = plots.label_efficiency(table)"),
+        code("studies.write_study(table, \"label_efficiency\", paths.figures_dir(cfg.name), "
+             "studies.LABEL_EFFICIENCY_NOTE, fig)"),
+    ]
+
+
 NOTEBOOKS = {
     "01_eda": nb_eda,
     "02_augmentation": nb_augmentation,
     "03_autoencoders": nb_autoencoders,
     "04_finetune": nb_finetune,
     "05_results": nb_results,
+    "06_covid_screening": nb_screening,
+    "07_leakage": nb_leakage,
+    "08_image_level": nb_image_level,
+    "09_pretext": nb_pretext,
+    "10_label_efficiency": nb_label_efficiency,
 }
 
 

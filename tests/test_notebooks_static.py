@@ -17,7 +17,7 @@ from pneumolib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
-NAMES = ["01_eda", "02_augmentation", "03_autoencoders", "04_finetune", "05_results"]
+NAMES = list(reproduce.TEMPLATES)
 
 
 def load(name: str) -> nbformat.NotebookNode:
@@ -134,7 +134,8 @@ def test_plan_runs_the_finetune_template_once_per_scenario(tmp_path, monkeypatch
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path))
     steps = reproduce.plan("smoke", None, {"max_epochs": "1"})
     names = [s.name for s in steps]
-    assert names[:3] == ["01_eda", "02_augmentation", "03_autoencoders"] and names[-1] == "05_results"
+    assert names[:3] == ["01_eda", "02_augmentation", "03_autoencoders"] and names[-2:] == ["05_results",
+                                                                                          "06_covid_screening"]
     fine = [s for s in steps if s.template == "04_finetune"]
     assert sorted(s.parameters["scenario"] for s in fine) == sorted(SCENARIOS)
     assert fine[0].parameters["scenario"] == "random"
@@ -142,7 +143,7 @@ def test_plan_runs_the_finetune_template_once_per_scenario(tmp_path, monkeypatch
         assert s.parameters["profile"] == "smoke" and json.loads(s.parameters["overrides_json"]) == {"max_epochs": "1"}
         assert set(s.parameters) <= set(__import__("papermill").inspect_notebook(str(NB_DIR / f"{s.template}.ipynb")))
     assert all(d == "03_autoencoders" for s in fine for d in s.deps)
-    assert set(steps[-1].deps) == {"03_autoencoders", *(s.name for s in fine)}
+    assert set(steps[-2].deps) == {"03_autoencoders", *(s.name for s in fine)}
 
 
 def test_completion_markers_decide_what_reruns(tmp_path):
