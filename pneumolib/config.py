@@ -69,6 +69,11 @@ class Config:
             predicting all-empty (measured on the demo: random init stayed at pooled Dice 0
             for 8 epochs with a zero bias, reached 0.37 with the prior).
         threshold: probability above which a pixel counts as pneumothorax.
+        channels_last / cudnn_benchmark / compile: GPU speed switches, all off by default:
+            the channels-last memory format, ``torch.backends.cudnn.benchmark`` (through
+            Lightning's ``Trainer(benchmark=...)``) and ``nn.Module.compile()`` of the network
+            (in place, so checkpoints keep their keys). Each stays off until ``pneumo bench``
+            on a GPU shows it helps (README, "Speed"); none has been measured on a GPU yet.
         num_workers: DataLoader worker processes (0 = load in the training process; the
             fastest on small CPU machines, where batches come straight from the memmap cache).
         torch_threads: intra-op CPU threads for torch (0 = torch's default, one per core).
@@ -114,6 +119,9 @@ class Config:
     devices: str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    compile: bool = False
     num_workers: int = 2
     torch_threads: int = 0
     seed: int = 42

@@ -356,6 +356,7 @@ def make_trainer(cfg: Config, out_dir: Path, max_epochs: int, callbacks: list[pl
         callbacks=callbacks or [], logger=False if for_eval else loggers,
         enable_progress_bar=cfg.progress, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=cfg.deterministic or None,
+        benchmark=True if cfg.cudnn_benchmark and not cfg.deterministic else None,
         limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1,
         default_root_dir=str(out_dir), enable_checkpointing=not for_eval,
         use_distributed_sampler=True,
@@ -384,7 +385,12 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
     seed_everything(cfg.seed)  # again: the model's construction consumed random numbers
     dm = datamodule or PneumoDataModule(cfg)
     dm.setup("fit")
-    module = PneumoModule(model, task=task, lr=cfg.lr, threshold=cfg.threshold, seed=cfg.seed)
+    module = PneumoModule(model, task=task, lr=cfg.lr, threshold=cfg.threshold, seed=cfg.seed,
+                          channels_last=cfg.channels_last)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: state_dict keys (checkpoints, model.pt) stay unprefixed
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if not resume:
