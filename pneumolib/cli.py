@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--studies", default="", metavar="NAME,...",
                      help="also run studies beyond the paper: leakage, image_level, pretext, "
                           "label_efficiency, or all (see README, 'Beyond the paper')")
+    rep.add_argument("--label-fractions", default="0.01,0.1", metavar="F,...",
+                     help="label shares of the label_efficiency study, in (0, 1); the main runs are 1.0 "
+                          "(default: 0.01,0.1)")
+    rep.add_argument("--label-scenarios", default="", metavar="NAME,...",
+                     help="scenarios of the label_efficiency study (default: all six)")
     bench = sub.add_parser("bench", help="speed: data loading, training (Lightning vs plain), inference, GPU")
     bench.add_argument("--size", type=int, default=512, help="image side in px (data, GPU parts)")
     bench.add_argument("--batch-size", type=int, default=32)
@@ -231,8 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reproduce":
             from .reproduce import reproduce
 
+            try:
+                fracs = [float(f) for f in args.label_fractions.split(",") if f.strip()]
+            except ValueError:
+                raise ConfigError(f"--label-fractions {args.label_fractions!r}: give numbers like 0.01,0.1") from None
+            scs = [x.strip() for x in args.label_scenarios.split(",") if x.strip()] or None
             return reproduce(profile=args.profile, data=args.data, force=args.force, sets=args.set,
-                             seeds=args.seeds, studies=args.studies)
+                             seeds=args.seeds, studies=args.studies, label_fractions=fracs, label_scenarios=scs)
         cfg = config_from_args(args)
         from . import train
 

@@ -156,13 +156,24 @@ def _finetune(base: dict[str, Any], results: Path, scenario: str, name: str, run
 
 
 def plan(profile: str, data: str | None = None, overrides: dict[str, Any] | None = None,
-         seeds: int = 1, studies: Sequence[str] = ()) -> list[Step]:
+         seeds: int = 1, studies: Sequence[str] = (), label_fractions: Sequence[float] = LABEL_FRACTIONS,
+         label_scenarios: Sequence[str] | None = None) -> list[Step]:
     """The notebooks to run for ``profile``, in order, with their parameters.
 
     ``seeds`` > 1 adds runs ``<scenario>-seed<k>`` of every scenario; ``studies`` (names of
     :data:`STUDIES`) adds their training runs (under ``results/<profile>/studies/<study>/``)
-    and their notebooks 07-10.
+    and their notebooks 07-10. The label-efficiency study trains ``label_scenarios``
+    (default: all six) at each of ``label_fractions`` (the main runs are 1.0).
     """
+    fracs = tuple(float(f) for f in label_fractions)
+    if not fracs or any(not 0.0 < f < 1.0 for f in fracs):
+        raise ConfigError(f"label fractions {label_fractions} must lie strictly between 0 and 1 "
+                          "(1.0 is the main run)")
+    label_scs = list(label_scenarios) if label_scenarios else scenario_order()
+    unknown = sorted(set(label_scs) - set(scenario_order()))
+    if unknown:
+        raise ConfigError(f"label-efficiency scenario(s) {', '.join(unknown)} unknown; valid: "
+                          f"{', '.join(scenario_order())}")
     base = {"profile": profile, "data": data, "overrides_json": json.dumps(overrides or {}, sort_keys=True)}
     results, figures = paths.results_dir(profile), paths.figures_dir(profile)
     cfg_seed = notebook_config(profile, data=data, overrides_json=base["overrides_json"]).seed
@@ -201,7 +212,7 @@ def plan(profile: str, data: str | None = None, overrides: dict[str, Any] | None
             nb = "09_pretext"
         else:  # label_efficiency
             runs = [_finetune(base, results, sc, f"04_finetune-{sc}-labels{f:g}", f"{sdir}/{sc}-labels{f:g}", (ae,),
-                              extra={"label_frac": f}) for f in LABEL_FRACTIONS for sc in scenario_order()]
+                              extra={"label_frac": f}) for f in fracs for sc in label_scs]
             nb = "10_label_efficiency"
         steps += runs
         steps.append(Step(nb, nb, dict(base), deps=(*main_runs, *(r.name for r in runs)),
@@ -349,7 +360,9 @@ def _fmt_s(s: float) -> str:
 
 
 def reproduce(profile: str = "demo", data: str | None = None, force: bool = False,
-              sets: Sequence[str] = (), seeds: int = 1, studies: str | Sequence[str] = "") -> int:
+              sets: Sequence[str] = (), seeds: int = 1, studies: str | Sequence[str] = "",
+              label_fractions: Sequence[float] = LABEL_FRACTIONS,
+              label_scenarios: Sequence[str] | None = None) -> int:
     """Run every notebook for ``profile`` (see the module docstring); 0 on success, 1 when a
     notebook fails (its executed copy and failing cell are printed).
 
@@ -362,7 +375,8 @@ def reproduce(profile: str = "demo", data: str | None = None, force: bool = Fals
     nb_dir, out_dir = paths.notebooks_dir(), paths.papermill_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     study_names = parse_studies(studies)
-    steps = plan(profile, data, overrides, seeds=seeds, studies=study_names)
+    steps = plan(profile, data, overrides, seeds=seeds, studies=study_names, label_fractions=label_fractions,
+                 label_scenarios=label_scenarios)
     for s in steps:
         template = nb_dir / f"{s.template}.ipynb"
         if not template.exists():

@@ -202,24 +202,33 @@ PRETEXT_NOTE = (
 
 
 # -- 10 label efficiency -------------------------------------------------------------------------
-def label_efficiency_study(cfg: Config, fractions: Sequence[float] = (0.01, 0.1),
-                           scenarios: Sequence[str] | None = None) -> pd.DataFrame:
-    """Scores per scenario and share of training labels (1.0 = the main runs)."""
+def label_efficiency_study(cfg: Config, scenarios: Sequence[str] | None = None) -> pd.DataFrame:
+    """Scores per scenario and share of training labels: every finished study run
+    ``studies/label_efficiency/<scenario>-labels<frac>`` plus the main run as 1.0."""
+    import re
+
     from .reproduce import scenario_order
 
     results = paths.results_dir(cfg.name)
+    found: dict[str, dict[float, Path]] = {}
+    d = study_dir(cfg, "label_efficiency")
+    for run in sorted(d.iterdir()) if d.exists() else ():
+        m = re.fullmatch(r"(.+)-labels([0-9.eE+-]+)", run.name)
+        if m and (run / "metrics.json").exists():
+            found.setdefault(m.group(1), {})[float(m.group(2))] = run
     rows = []
-    for sc in scenarios or scenario_order():
-        for frac in (*fractions, 1.0):
-            run = results / sc if frac == 1.0 else study_dir(cfg, "label_efficiency") / f"{sc}-labels{frac:g}"
-            if (run / "metrics.json").exists():
-                rows.append({"scenario": sc, "label_frac": frac, **score_row(_per_image(run))})
+    for sc in scenarios or [s for s in scenario_order() if s in found]:
+        runs = dict(found.get(sc, {}))
+        if (results / sc / "metrics.json").exists():
+            runs[1.0] = results / sc
+        for frac in sorted(runs):
+            rows.append({"scenario": sc, "label_frac": frac, **score_row(_per_image(runs[frac]))})
     return pd.DataFrame(rows)
 
 
 LABEL_EFFICIENCY_NOTE = (
-    "**Label efficiency.** Each scenario fine-tuned with 1 %, 10 % and 100 % of the training "
-    "labels (a fixed, class-stratified subset of training source images, the same for every "
+    "**Label efficiency.** Each scenario fine-tuned with a share of the training labels (by "
+    "default 1 %, 10 % and 100 %: a fixed, class-stratified subset of training source images, the same for every "
     "scenario; the subset is cycled so every run takes the same number of optimiser steps). "
     + WHICH_DICE)
 

@@ -18,7 +18,7 @@ def test_reproduce_smoke_runs_every_notebook(pneumo_env):
     assert wall < 300, f"reproduce --profile smoke took {wall:.0f} s (budget 300 s)"
 
     runs = home / "papermill_runs" / "smoke"
-    names = ["01_eda", "02_augmentation", "03_autoencoders", "05_results"] + [
+    names = ["01_eda", "02_augmentation", "03_autoencoders", "05_results", "06_covid_screening"] + [
         f"04_finetune-{s}" for s in ("random", "ae_full", "ae_full_frozen", "ae_encoder",
                                      "ae_encoder_mask_decoder", "resnet50")]
     for n in names:
@@ -43,4 +43,39 @@ def test_reproduce_smoke_runs_every_notebook(pneumo_env):
     (runs / "04_finetune-ae_full.ipynb").rename(runs / ".04_finetune-ae_full.running.ipynb")
     proc = run_pneumo(["reproduce", "--profile", "smoke"], pneumo_env, timeout=300)
     redone = [ln.split(":")[0].split()[-1] for ln in proc.stdout.splitlines() if ": done in" in ln]
-    assert redone == ["04_finetune-ae_full", "05_results"], proc.stdout
+    assert redone == ["04_finetune-ae_full", "05_results", "06_covid_screening"], proc.stdout
+
+    # the screening notebook predicted every held-out image through the predict path
+    screen = pd.read_csv(figs / "covid_screening.csv")
+    assert len(screen) >= 10 and (screen["status"] == "ok").all()
+    assert {"probability", "decision", "finding", "view"} <= set(screen.columns)
+
+    # the studies beyond the paper on top of the finished runs (label efficiency cut to one
+    # scenario and one fraction to keep the suite short): notebooks 07-10, their tables and
+    # figures, and the HTML report with all of them
+    t0 = time.perf_counter()
+    proc = run_pneumo(["reproduce", "--profile", "smoke", "--studies", "all", "--label-fractions", "0.1",
+                       "--label-scenarios", "random"], pneumo_env, timeout=600)
+    wall = time.perf_counter() - t0
+    assert proc.stdout.count("complete, skipped") == len(names)
+    for nb in ("07_leakage", "08_image_level", "09_pretext", "10_label_efficiency"):
+        assert (runs / f"{nb}.ipynb").exists(), nb
+    for study in ("leakage", "image_level", "pretext", "label_efficiency"):
+        for ext in ("csv", "md", "png"):
+            assert (figs / f"{study}.{ext}").stat().st_size > 0, (study, ext)
+    leak = pd.read_csv(figs / "leakage.csv")
+    assert set(leak["protocol"]) == {"clean", "paper"}
+    assert (leak.loc[leak["protocol"] == "clean", "leaked_test_items"] == 0).all()
+    assert (leak.loc[leak["protocol"] == "paper", "leaked_test_items"] > 0).all()
+    pretext = pd.read_csv(figs / "pretext.csv")
+    assert {"genesis_full", "genesis_encoder", "noskip_encoder"} <= set(pretext["scenario"])
+    noskip = pretext.loc[pretext["scenario"] == "noskip_encoder", "ae_copy_through_ratio"].item()
+    assert noskip == 1.0  # every skip already zeroed: nothing to copy through
+    lab = pd.read_csv(figs / "label_efficiency.csv")
+    assert sorted(lab["label_frac"]) == [0.1, 1.0] and set(lab["scenario"]) == {"random"}
+    image_level = pd.read_csv(figs / "image_level.csv")
+    assert {"threshold", "triplet", "gate"} <= set(image_level["method"])
+    assert (home / "results" / "smoke" / "random" / "postprocess.json").exists()
+    html = (figs / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 8 and "Leakage study" in html
+    print(f"studies on smoke: {wall:.0f} s")
