@@ -60,6 +60,7 @@ def score_row(per_image: pd.DataFrame, metrics: Sequence[str] = STUDY_METRICS, n
         row[f"{m}_ci95_lo"] = ci[m]["lo"]
         row[f"{m}_ci95_hi"] = ci[m]["hi"]
     row["n_test_images"] = int(len(per_image))
+    row["n_positive"] = int((per_image["true_area"] > 0).sum())
     row["empty_baseline"] = float((per_image["true_area"] == 0).mean()) if len(per_image) else np.nan
     return row
 
@@ -157,7 +158,10 @@ LEAKAGE_NOTE = (
     "the items), whose test split holds copies of training images; `clean`: split source images "
     "first, augment training positives only (the default). Each protocol is scored on its own "
     "test split; the paper protocol's test split is then cut into items whose source image has a "
-    "copy in train/validation and the rest. " + WHICH_DICE)
+    "copy in train/validation and the rest. Only positives are augmented, so only positive test "
+    "items can have a copy, and under the paper protocol nearly all of them do: the 'without' rows "
+    "are then mostly negatives (see `n_positive`), and the fair contrast is protocol against "
+    "protocol, on the 'all' rows. " + WHICH_DICE)
 
 
 # -- 09 pretext --------------------------------------------------------------------------------

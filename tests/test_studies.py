@@ -104,7 +104,7 @@ def test_score_row_and_markdown(tmp_path):
     row = studies.score_row(per)
     for m in studies.STUDY_METRICS:
         assert row[f"{m}_ci95_lo"] <= row[m] <= row[f"{m}_ci95_hi"]
-    assert row["n_test_images"] == 300
+    assert row["n_test_images"] == 300 and row["n_positive"] == int((per["true_area"] > 0).sum())
     assert row["empty_baseline"] == pytest.approx((per["true_area"] == 0).mean())
     df = pd.DataFrame([{"scenario": "random", **row}, {"scenario": "resnet50", **studies.score_row(_per_image(seed=1))}])
     out = studies.write_study(df, "pretext", tmp_path, studies.PRETEXT_NOTE, plots.study_bars(df))
