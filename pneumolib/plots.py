@@ -438,11 +438,14 @@ def study_bars(table: pd.DataFrame, x: str = "scenario", hue: Sequence[str] | st
         ax.set_title(ptitle)
         ax.set_ylabel(ptitle.split("(")[0].strip())
     handles, labels = axes.ravel()[-1].get_legend_handles_labels()
-    if labels:
-        axes.ravel()[-1].legend(fontsize=8, loc="lower right")
     fig.suptitle((title + "\n" if title else "") + "bars: test split; whiskers: 95 % bootstrap interval over test images",
                  fontsize=10)
-    fig.tight_layout()
+    if labels:  # below the panels, where it cannot hide a bar
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(len(labels), 3),
+                   bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
