@@ -37,11 +37,12 @@ def model_for_run(run: Path | str, cfg: Config) -> tuple[torch.nn.Module, str]:
     task = meta.get("task", "seg")
     scenario = meta.get("scenario")
     sc = get_scenario(scenario) if scenario else None  # any registered scenario, paper's or extra
+    cls_head = bool(getattr(sc, "cls_head", False))  # the image-level head of e.g. random_cls
     if sc is not None and sc.arch == "resnet50":
-        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None,
-                             encoder_name=cfg.resnet_encoder), task
+        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None, encoder_name=cfg.resnet_encoder,
+                             aux_params=dict(classes=1) if cls_head else None), task
     return UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm,
-                aux_head=bool(getattr(sc, "cls_head", False))), task
+                aux_head=cls_head), task
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

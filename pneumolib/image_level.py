@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, postprocess, runio
+from . import evaluate, metrics, postprocess, runio
+from .models import split_output  # re-exported: the image-level code reads (seg, cls) outputs
 
 __all__ = ["METHODS", "collect_probabilities", "split_output", "evaluate_masks",
            "image_level_study", "study_markdown", "study_figure"]
@@ -40,51 +41,6 @@ METHODS = {
 
 
 _RUN_FILES = ("config.json", "metrics.json", "model.pt")
-
-
-def split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(seg_logits (B, 1, H, W), class_logit (B, 1) or None)`` from any model output: a
-    tensor (segmentation only), a ``(seg, cls)`` tuple / list (as smp's ``aux_params``
-    models and the ``random_cls`` scenario return), or a dict with ``seg`` / ``mask`` and
-    ``cls`` / ``label`` / ``class_logit`` entries."""
-    if isinstance(out, torch.Tensor):
-        return out, None
-    if isinstance(out, Mapping):
-        seg = next((out[k] for k in ("seg", "mask", "seg_logits", "logits") if k in out), None)
-        cls = next((out[k] for k in ("cls", "label", "class_logit", "cls_logit") if k in out), None)
-        if seg is None:
-            raise TypeError(f"model returned a dict without a segmentation entry: {sorted(out)}")
-        return seg, cls
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0], (out[1] if len(out) > 1 else None)
-    raise TypeError(f"model returned {type(out).__name__}; expected a tensor or (seg, cls)")
-
-
-def _model_for_run(run: Path, cfg: Any) -> tuple[torch.nn.Module, str]:
-    """The run's untrained network and task: :func:`pneumolib.evaluate.model_for_run`, except
-    for scenarios with an image-level head (``Scenario.cls_head``, e.g. ``random_cls``),
-    built here with their head so that ``model.pt`` loads."""
-    from .evaluate import model_for_run
-    from .scenarios import get_scenario
-
-    meta_path = run / "metrics.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    sc = None
-    if meta.get("scenario"):
-        try:
-            sc = get_scenario(meta["scenario"])
-        except Exception:  # an unknown name: let model_for_run decide
-            sc = None
-    if sc is not None and getattr(sc, "cls_head", False):
-        from .models import build_unet, resnet50_unet
-
-        if sc.arch == "resnet50":
-            model = resnet50_unet(in_channels=1, classes=1, encoder_weights=None,
-                                  encoder_name=cfg.resnet_encoder, aux_params=dict(classes=1))
-        else:
-            model = build_unet(cfg, in_channels=1, out_channels=1, aux_head=True)
-        return model, meta.get("task", "seg")
-    return model_for_run(run, cfg)
 
 
 @torch.no_grad()
@@ -123,7 +79,7 @@ def collect_probabilities(run: Path | str, split: str = "val", batch_size: int =
         raise ValueError(f"split={split!r}; valid: val, test")
     run = Path(run)
     cfg = evaluate.run_config(run, {"batch_size": int(batch_size), "progress": False, **(overrides or {})})
-    model, task = _model_for_run(run, cfg)
+    model, task = evaluate.model_for_run(run, cfg)
     if task != "seg":
         raise ValueError(f"{run} is a {task!r} run; image-level decisions need a segmentation run")
     evaluate.load_state_checked(model, load_model_state(run), run / "model.pt")

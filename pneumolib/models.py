@@ -18,7 +18,7 @@ import os
 import socket
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "UNet",
+    "split_output",
     "ALL_SKIPS",
     "InputSizeError",
     "ENCODER_PREFIXES",
@@ -585,3 +586,21 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(seg_logits (B, 1, H, W), class_logit (B, 1) or None)`` from any model output: a
+    tensor (segmentation only), a ``(seg, cls)`` tuple / list (as smp's ``aux_params``
+    models and the ``random_cls`` scenario return), or a dict with ``seg`` / ``mask`` and
+    ``cls`` / ``label`` / ``class_logit`` entries."""
+    if isinstance(out, torch.Tensor):
+        return out, None
+    if isinstance(out, Mapping):
+        seg = next((out[k] for k in ("seg", "mask", "seg_logits", "logits") if k in out), None)
+        cls = next((out[k] for k in ("cls", "label", "class_logit", "cls_logit") if k in out), None)
+        if seg is None:
+            raise TypeError(f"model returned a dict without a segmentation entry: {sorted(out)}")
+        return seg, cls
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0], (out[1] if len(out) > 1 else None)
+    raise TypeError(f"model returned {type(out).__name__}; expected a tensor or (seg, cls)")

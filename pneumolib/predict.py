@@ -51,6 +51,7 @@ import torch
 
 from . import imageio, runio
 from .errors import ConfigError, DataError, PneumoError, WeightsError
+from .models import split_output
 from .prep import resize_image, to_uint8
 
 __all__ = [
@@ -226,10 +227,7 @@ class Predictor:
             model has one, else the largest pixel probability).
         """
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None].to(self.device)
-        out = self.model(x)
-        cls = None
-        if isinstance(out, (tuple, list)):
-            out, cls = out[0], (out[1] if len(out) > 1 else None)
+        out, cls = split_output(self.model(x))
         prob = torch.sigmoid(out.float())[:, 0]
         if cls is not None:
             image_prob = torch.sigmoid(cls.float().reshape(cls.shape[0], -1)[:, 0])

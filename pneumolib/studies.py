@@ -65,14 +65,6 @@ def score_row(per_image: pd.DataFrame, metrics: Sequence[str] = STUDY_METRICS, n
     return row
 
 
-def run_row(run: Path | str, **extra: Any) -> dict[str, Any]:
-    """``extra`` + the scored test split of the run folder ``run`` (+ ``run``, ``best_epoch``)."""
-    run = Path(run)
-    meta = json.loads((run / "metrics.json").read_text())
-    return {**extra, **score_row(_per_image(run)), "best_epoch": meta.get("best_epoch"),
-            "run": str(run.relative_to(run.parents[0]) if run.parents else run)}
-
-
 def _fmt_cell(v: Any, lo: Any = None, hi: Any = None) -> str:
     if isinstance(v, (float, np.floating)):
         if not np.isfinite(v):

@@ -166,9 +166,9 @@ class PneumoModule(pl.LightningModule):
     @staticmethod
     def _split(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(mask logits or reconstruction, class logit or None)`` of a model's output."""
-        if isinstance(out, (tuple, list)):
-            return out[0], out[1]
-        return out, None
+        from .models import split_output
+
+        return split_output(out)
 
     def _loss(self, out: torch.Tensor, target: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
         if self.task == "seg":
