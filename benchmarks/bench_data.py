@@ -1,8 +1,8 @@
 """Data-loading throughput: the memmap DataModule against decoding PNGs every step.
 
-Builds a phantom set (``pneumolib.phantom.write_phantom``; a synthetic PNG set when the
+Builds a phantom set (``pneumolib.data.phantom.write_phantom``; a synthetic PNG set when the
 phantom module is missing or ``--fake``), caches it at ``--size`` px through
-:class:`pneumolib.datamodule.PneumoDataModule`, then measures images/s of one pass over
+:class:`pneumolib.prep.datamodule.PneumoDataModule`, then measures images/s of one pass over
 the train loader (batch 32) with ``num_workers`` 0 and 2, without and with the online
 augmentation, and of a naive loader that decodes + resizes the PNGs each step.
 
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from pneumolib import paths  # noqa: E402
 from pneumolib.config import Config  # noqa: E402
-from pneumolib.datamodule import PneumoDataModule  # noqa: E402
-from pneumolib.prep import resize_image, resize_mask  # noqa: E402
+from pneumolib.prep.augment import resize_image, resize_mask  # noqa: E402
+from pneumolib.prep.datamodule import PneumoDataModule  # noqa: E402
 
 
 # -- a stand-in Source when the phantom module is not there ---------------------------------
@@ -115,7 +115,7 @@ def open_data(work: Path, n: int, size: int, fake: bool):
     if not fake:
         try:
             from pneumolib.data import open_source
-            from pneumolib.phantom import write_phantom
+            from pneumolib.data.phantom import write_phantom
         except ImportError as e:
             print(f"(phantom / data module unavailable: {e}; using synthetic PNGs)")
         else:

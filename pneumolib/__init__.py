@@ -1,12 +1,13 @@
 """pneumolib: the library behind the pneumothorax segmentation compendium.
 
-Notebooks in ``notebooks/`` tell the story; this package does the work. Modules have one
-job each: ``paths`` (where things live), ``config`` (typed profiles), ``rle`` (the
-competition's run-length codec), ``imageio`` (decoding any image file to grayscale),
-``data`` (reading the dataset layouts), ``phantom`` (the built-in synthetic data),
-``prep`` / ``splits`` / ``cache`` / ``datamodule`` (the paper's preparation and fast
-loading), ``models`` / ``scenarios`` (the U-Nets and the six initialisations), ``metrics``
-(every number), ``train`` (Lightning), ``plots`` and ``cli``.
+Notebooks in ``notebooks/`` tell the story; this package does the work. Its subpackages
+are the pipeline's stages, in the order the data flows: ``data`` (reading the dataset
+layouts and the built-in phantom), ``prep`` (the paper's preparation, splits, cache,
+batches), ``models`` (the U-Nets and the six initialisations), ``training`` (Lightning),
+``evaluation`` (intervals, image-level decisions, predictors), ``reporting`` (tables,
+figures, studies, the HTML report) and ``commands`` (what ``pneumo`` runs; ``cli`` parses
+it). ``config``, ``paths``, ``errors``, ``seeding``, ``runio`` and ``metrics`` are shared by
+all of them. See docs/ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"

@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import PROFILES, field_names, get_config
-from .errors import ConfigError, PneumoError
+from pneumolib.config import PROFILES, field_names, get_config
+from pneumolib.errors import ConfigError, PneumoError
 
 SCENARIO_NAMES = ("random", "ae_full", "ae_full_frozen", "ae_encoder", "ae_encoder_mask_decoder", "resnet50",
-                  # beyond the paper: pneumolib.scenarios.EXTRA_SCENARIOS
+                  # beyond the paper: pneumolib.models.scenarios.EXTRA_SCENARIOS
                   "genesis_full", "genesis_encoder", "noskip_encoder", "random_cls")
 
 
@@ -74,7 +74,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = v
     if getattr(args, "command", None) == "pretrain" and args.max_epochs is not None:
         overrides["ae_max_epochs"] = args.max_epochs
-    from .reproduce import parse_sets
+    from pneumolib.config import parse_sets
 
     overrides.update(parse_sets(getattr(args, "set", []) or []))
     return overrides
@@ -167,7 +167,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "phantom":
         import time
 
-        from . import phantom
+        from pneumolib.data import phantom
 
         kw = {} if args.difficulty is None else {"difficulty": args.difficulty}
         t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
                                     workers=args.workers, **kw)
         print(f"wrote {args.n} phantom images ({args.size} px) to {out} in {time.perf_counter() - t0:.1f} s")
         return 0
-    from .data import open_source
+    from pneumolib.data import open_source
 
     src = open_source(args.path, kind=args.kind, skip_bad=args.skip_bad)
     pos = sum(1 for r in src.records if r.has_pneumo == 1)
@@ -190,7 +190,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from pneumolib.evaluation.evaluate import evaluate_run
 
     res = evaluate_run(args.run, overrides_from_args(args), out=args.out)
     print(json.dumps(res, indent=2, default=str))
@@ -198,7 +198,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import POSITIVE, predict_paths
+    from pneumolib.commands.predict import POSITIVE, predict_paths
 
     df = predict_paths(args.inputs, args.checkpoint, args.out, batch_size=args.batch_size,
                        device=args.device, threshold=args.threshold, min_area=args.min_area,
@@ -222,19 +222,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "data":
             return _cmd_data(args)
         if args.command == "params":
-            from .models import param_table
+            from pneumolib.models.parts import param_table
 
             print(param_table())
             return 0
         if args.command == "bench":
-            from .bench import main as bench_main
+            from pneumolib.commands.bench import main as bench_main
 
             return bench_main(size=args.size, batch_size=args.batch_size, steps=args.steps,
                               quick=args.quick, out=args.out)
         if args.command == "predict":
             return _cmd_predict(args)
         if args.command == "reproduce":
-            from .reproduce import reproduce
+            from pneumolib.commands.reproduce import reproduce
 
             try:
                 fracs = [float(f) for f in args.label_fractions.split(",") if f.strip()]
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return reproduce(profile=args.profile, data=args.data, force=args.force, sets=args.set,
                              seeds=args.seeds, studies=args.studies, label_fractions=fracs, label_scenarios=scs)
         cfg = config_from_args(args)
-        from . import train
+        from pneumolib.training import runs as train
 
         if args.command == "pretrain":
             res = train.pretrain(cfg, args.kind, out=args.out, resume=args.resume)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-from dataclasses import dataclass, field, fields
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, fields
+from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError
+from pneumolib.errors import ConfigError
 
 #: The paper's test share after augmentation: 1,952 of 17,385 images (its Table 2).
 PAPER_TEST_FRAC = 1952 / 17385
@@ -31,7 +31,7 @@ class Config:
             the built-in phantom data, generated on first use into the cache.
         data_kind: force a layout (``siim-png``, ``siim-dicom``, ``phantom``); None detects it.
         phantom_n / phantom_size / phantom_difficulty: the phantom set (images, native pixels,
-            difficulty >= 0; see :mod:`pneumolib.phantom`).
+            difficulty >= 0; see :mod:`pneumolib.data.phantom`).
         image_size: training resolution (the paper: 512); must be divisible by 16.
         protocol: ``clean`` (split by source image, augment only train; the default) or
             ``paper`` (augment positives first, then split: reproduces the paper's leakage).
@@ -264,3 +264,46 @@ def get_config(profile: str = "demo", **overrides: Any) -> Config:
             "built-in phantom anyway."
         )
     return cfg
+
+
+# -- from the notebooks and the command line ---------------------------------------------------
+def notebook_config(profile: str = "demo", data: str | None = None, overrides_json: str = "",
+                    **params: Any) -> Config:
+    """The notebook's typed, frozen Config from its parameters cell.
+
+    Args:
+        profile: ``smoke``, ``demo`` or ``paper``.
+        data: dataset folder, or None for the built-in phantom.
+        overrides_json: JSON object ``{"field": value}`` (the ``--set`` pairs of
+            ``pneumo reproduce``); "" or "{}" for none.
+        **params: other parameters that are Config fields (e.g. ``seed``); None keeps
+            the profile's value.
+
+    Raises:
+        ConfigError: unknown profile or field, a value of the wrong type, or
+            ``overrides_json`` that is not a JSON object; the message names the valid ones.
+    """
+    try:
+        overrides = json.loads(overrides_json) if overrides_json and overrides_json.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"overrides_json={overrides_json!r} is not valid JSON ({e})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"overrides_json must be a JSON object of Config fields, got {overrides_json!r}")
+    merged = {k: v for k, v in params.items() if v is not None}
+    if data is not None:
+        merged["data"] = str(data)
+    merged.update(overrides)
+    return get_config(profile, **merged)
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> ``{key: value}`` (``-`` in keys read as ``_``)."""
+    from pneumolib.config import field_names
+
+    out: dict[str, str] = {}
+    for item in sets or ():
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like KEY=VALUE; names: {', '.join(field_names())}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out

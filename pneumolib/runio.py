@@ -9,6 +9,7 @@ place, so a crash never leaves a half-written file that later steps would trust.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -17,11 +18,11 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
-from . import __version__, paths
+from pneumolib import __version__, paths
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
@@ -166,3 +167,24 @@ def read_runs(profile_dir: Path | str, names: list[str] | None = None) -> dict[s
         except FileNotFoundError:
             continue
     return out
+
+
+# -- small helpers -----------------------------------------------------------------------
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock on ``path`` (POSIX ``flock``; a no-op elsewhere).
+
+    Serialises builds of the same folder by several processes (DDP ranks, two notebooks).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pneumolib import paths, phantom  # noqa: E402
+from pneumolib import paths
+from pneumolib.data import phantom  # noqa: E402
 
 PRETTY = {"skin_fold": "skin fold", "ecg_leads": "ECG leads", "central_line": "central line",
           "et_tube": "ET tube", "ng_tube": "NG tube", "chest_drain": "chest drain",

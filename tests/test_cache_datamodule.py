@@ -1,4 +1,4 @@
-"""pneumolib.cache, pneumolib.transforms and pneumolib.datamodule on a small fake Source.
+"""pneumolib.prep.cache, pneumolib.prep.transforms and pneumolib.prep.datamodule on a small fake Source.
 
 The fake Source implements the contract of ``pneumolib.data.Source`` (records, read_image,
 read_mask, fingerprint, kind, root) over PNG files it writes itself, and counts reads.
@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from pneumolib.cache import ImageCache, build_cache, cache_folder, materialize
 from pneumolib.config import Config
-from pneumolib.datamodule import PneumoDataModule
 from pneumolib.errors import DataError
-from pneumolib.prep import hflip, normalization_stats, resize_image, resize_mask, rotate, to_uint8
-from pneumolib.splits import make_split
-from pneumolib.transforms import train_transform
+from pneumolib.prep.augment import hflip, normalization_stats, resize_image, resize_mask, rotate, to_uint8
+from pneumolib.prep.cache import ImageCache, build_cache, cache_folder
+from pneumolib.prep.datamodule import PneumoDataModule
+from pneumolib.prep.items import materialize
+from pneumolib.prep.splits import make_split
+from pneumolib.prep.transforms import train_transform
 
 NATIVE = 96
 

@@ -5,12 +5,12 @@ import warnings
 
 import numpy as np
 import pytest
+from dicom_utils import write_apple_double, write_dicom
 from PIL import Image
 
-from dicom_utils import write_apple_double, write_dicom
 from pneumolib.data import Record, Source, detect_kind, open_source
+from pneumolib.data.rle import encode
 from pneumolib.errors import ConfigError, DataError
-from pneumolib.rle import encode
 
 H, W = 12, 16  # not square: a swapped height/width or a missing transpose shows up
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from dicom_utils import write_dicom
 from PIL import Image
 
-from dicom_utils import write_dicom
-from pneumolib import imageio
+from pneumolib.data import imageio
 from pneumolib.errors import DataError
 
 Y, X = np.mgrid[:24, :32]

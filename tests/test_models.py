@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pneumolib import models
 from pneumolib.errors import ConfigError, WeightsError
-from pneumolib.models import UNet, count_parameters, resnet50_unet
+from pneumolib.models import parts, resnet
+from pneumolib.models import unet as models
+from pneumolib.models.parts import count_parameters
+from pneumolib.models.resnet import resnet50_unet
+from pneumolib.models.unet import UNet
 
 
 def test_unet_512_same_size():
@@ -155,7 +158,7 @@ def test_resnet50_none():
 @pytest.fixture
 def no_hub(monkeypatch):
     """Pretend the ImageNet weights are not cached and the hub is unreachable."""
-    monkeypatch.setattr(models, "_imagenet_cached", lambda: False)
+    monkeypatch.setattr(resnet, "_imagenet_cached", lambda: False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -172,14 +175,14 @@ def test_imagenet_unavailable_fails_fast(no_hub):
 def test_imagenet_probe_fails_fast(monkeypatch):
     """Without HF_HUB_OFFLINE, a dead network is detected by a short probe, not by
     huggingface_hub's ~25 s of retries."""
-    monkeypatch.setattr(models, "_imagenet_cached", lambda: False)
+    monkeypatch.setattr(resnet, "_imagenet_cached", lambda: False)
     for v in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(v, raising=False)
 
     def refuse(*a, **k):
         raise OSError("network unreachable (test)")
 
-    monkeypatch.setattr(models.socket, "create_connection", refuse)
+    monkeypatch.setattr(resnet.socket, "create_connection", refuse)
     with pytest.raises(WeightsError, match="network unreachable"):
         resnet50_unet(encoder_weights="imagenet")
 
@@ -208,7 +211,7 @@ def test_param_counts_small():
     assert count_parameters(m) == n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = dict(models.param_counts(base_width=4))
-        table = models.param_table(base_width=4)
+        rows = dict(parts.param_counts(base_width=4))
+        table = parts.param_table(base_width=4)
     assert rows["U-Net (paper), base width 4, norm=none"] == n
     assert f"{n:,d}" in table and "ResNet-50" in table

@@ -4,20 +4,20 @@ and the runner's bookkeeping (parameters, plan, completion markers) works withou
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from pneumolib import reproduce
+from pneumolib import config
+from pneumolib.commands import plan as plan_mod
+from pneumolib.commands import reproduce
 from pneumolib.config import Config
-from pneumolib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
-NAMES = list(reproduce.TEMPLATES)
+NAMES = list(plan_mod.TEMPLATES)
 
 
 def load(name: str) -> nbformat.NotebookNode:
@@ -30,7 +30,7 @@ def code_cells(nb):
 
 def test_every_template_exists_and_nothing_else():
     assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == NAMES
-    assert tuple(NAMES) == reproduce.TEMPLATES
+    assert tuple(NAMES) == plan_mod.TEMPLATES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -68,7 +68,7 @@ def test_one_parameters_cell_of_literals_then_the_config_cell(name):
     assert "notebook_config(" in nxt and "cfg =" in nxt
     # the parameters cell's defaults give a valid config
     values = {n: ast.literal_eval(s.value) for n, s in zip(names, ast.parse(params.source).body)}
-    cfg = reproduce.notebook_config(values.pop("profile"), data=values.pop("data"),
+    cfg = config.notebook_config(values.pop("profile"), data=values.pop("data"),
                                     overrides_json=values.pop("overrides_json"), seed=values.pop("seed", None))
     assert isinstance(cfg, Config)
 
@@ -96,43 +96,37 @@ def test_the_results_and_finetune_notebooks_say_which_dice():
         assert "Kaggle" in text
 
 
-def test_stored_notebooks_match_the_generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for name in NAMES:
-        assert (NB_DIR / f"{name}.ipynb").read_text() == mod.render(name), \
-            f"{name}.ipynb differs from scripts/make_notebooks.py: run it and commit both"
+def _cells(nb) -> list[tuple[str, str, list[str]]]:
+    """What a pair must agree on: each cell's type, source and tags."""
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
 
 
-# -- the runner's bookkeeping -----------------------------------------------------------------
-def test_notebook_config_decodes_overrides_and_rejects_unknown_names():
-    cfg = reproduce.notebook_config("smoke", data=None, overrides_json='{"max_epochs": "3", "seed": 7}')
-    assert cfg.max_epochs == 3 and cfg.seed == 7 and cfg.name == "smoke"
-    assert reproduce.notebook_config("smoke", overrides_json="", seed=None).seed == Config().seed
-    assert reproduce.notebook_config("smoke", seed=5).seed == 5
-    with pytest.raises(ConfigError, match="unknown parameter"):
-        reproduce.notebook_config("smoke", overrides_json='{"max_epoch": 3}')
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        reproduce.notebook_config("smoke", overrides_json="{max_epochs: 3}")
-    with pytest.raises(ConfigError):
-        reproduce.notebook_config("smoke", overrides_json="[1]")
-    with pytest.raises(ConfigError, match="unknown profile"):
-        reproduce.notebook_config("nope")
+@pytest.mark.parametrize("name", NAMES)
+def test_text_and_ipynb_of_a_pair_agree(name):
+    """notebooks/<name>.py (py:percent, what people diff) and <name>.ipynb (what JupyterLab and
+    papermill open) hold the same cells; a teacher's edit in either must be synced
+    (``jupytext --sync notebooks/*.py``) before it is committed."""
+    import jupytext
+
+    text = jupytext.read(NB_DIR / f"{name}.py", fmt="py:percent")
+    assert _cells(text) == _cells(load(name)), (
+        f"notebooks/{name}.py and {name}.ipynb disagree: run `jupytext --sync notebooks/{name}.py` "
+        "(or save both from JupyterLab with jupytext) and commit both")
 
 
-def test_parse_sets():
-    assert reproduce.parse_sets(["max-epochs=3", " lr = 0.01 "]) == {"max_epochs": "3", "lr": "0.01"}
-    with pytest.raises(ConfigError, match="KEY=VALUE"):
-        reproduce.parse_sets(["max_epochs"])
+def test_pairing_is_declared_and_nothing_generates_the_notebooks():
+    toml = (NB_DIR / "jupytext.toml").read_text()
+    assert 'formats = "ipynb,py:percent"' in toml
+    assert sorted(p.stem for p in NB_DIR.glob("*.py")) == NAMES
+    assert not (ROOT / "scripts" / "make_notebooks.py").exists()
 
 
 def test_plan_runs_the_finetune_template_once_per_scenario(tmp_path, monkeypatch):
-    pytest.importorskip("pneumolib.scenarios")
-    from pneumolib.scenarios import SCENARIOS
+    pytest.importorskip("pneumolib.models.scenarios")
+    from pneumolib.models.scenarios import SCENARIOS
 
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path))
-    steps = reproduce.plan("smoke", None, {"max_epochs": "1"})
+    steps = plan_mod.plan("smoke", None, {"max_epochs": "1"})
     names = [s.name for s in steps]
     assert names[:3] == ["01_eda", "02_augmentation", "03_autoencoders"] and names[-2:] == ["05_results",
                                                                                           "06_covid_screening"]
@@ -152,8 +146,8 @@ def test_completion_markers_decide_what_reruns(tmp_path):
     template = tmp_path / "t.ipynb"
     template.write_text("{}")
     result = tmp_path / "result.json"
-    a = reproduce.Step("a", "t", {"profile": "smoke"})
-    b = reproduce.Step("b", "t", {"profile": "smoke"}, deps=("a",), outputs=(result,))
+    a = plan_mod.Step("a", "t", {"profile": "smoke"})
+    b = plan_mod.Step("b", "t", {"profile": "smoke"}, deps=("a",), outputs=(result,))
     assert reproduce.why_stale(a, out, template) == "no executed copy"
     (out / "a.ipynb").write_text("{}")
     assert "marker" in reproduce.why_stale(a, out, template)
@@ -166,7 +160,7 @@ def test_completion_markers_decide_what_reruns(tmp_path):
 
     finish(a, "t1")
     assert reproduce.why_stale(a, out, template) is None
-    a2 = reproduce.Step("a", "t", {"profile": "demo"})
+    a2 = plan_mod.Step("a", "t", {"profile": "demo"})
     assert reproduce.why_stale(a2, out, template) == "parameters changed"
     finish(b, "t2")
     assert reproduce.why_stale(b, out, template).startswith("output missing")

@@ -1,8 +1,9 @@
 """environment.yml and pyproject.toml must declare the same dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumolib import phantom
 from pneumolib.config import get_config
+from pneumolib.data import phantom
+from pneumolib.data.phantom import compose, knobs, writer
 from pneumolib.errors import ConfigError, DataError
-from pneumolib.phantom import compose, knobs, writer
 
 NAME = re.compile(r"^(\d+)_(train|test)_([01])_\.png$")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumolib import eda, plots, runio, tables
+from pneumolib import runio
+from pneumolib.reporting import eda, figures, markdown, plots, tables
+from pneumolib.reporting import runs as runs_mod
 
 # The paper's Table 4: label, Dice, IoU (its wording).
 PAPER = {
@@ -88,9 +90,9 @@ def runs(tmp_path):
 def registry_mode(request, monkeypatch):
     """Run with the real scenario registry, and with it unimportable (labels from metrics.json)."""
     if request.param == "fallback":
-        monkeypatch.setitem(sys.modules, "pneumolib.scenarios", None)  # import -> ImportError
+        monkeypatch.setitem(sys.modules, "pneumolib.models.scenarios", None)  # import -> ImportError
     else:
-        pytest.importorskip("pneumolib.scenarios")
+        pytest.importorskip("pneumolib.models.scenarios")
     return request.param
 
 
@@ -99,7 +101,7 @@ def _lines(ax):
 
 
 def test_figure_group_has_the_papers_four_panels(runs, registry_mode):
-    fig = plots.figure_group(runs, plots.FIGURE5, "t")
+    fig = figures.figure_group(runs, figures.FIGURE5, "t")
     axes = fig.get_axes()
     assert len(axes) == 4
     titles = [ax.get_title() for ax in axes]
@@ -108,7 +110,7 @@ def test_figure_group_has_the_papers_four_panels(runs, registry_mode):
     assert titles[3].startswith("(d) Test IoU") and "pooled" in titles[3]
     for ax in axes:
         labels = [ln.get_label() for ln in _lines(ax)]
-        assert labels == [PAPER[n][0] for n in plots.FIGURE5]
+        assert labels == [PAPER[n][0] for n in figures.FIGURE5]
     # (c) plots test_dice over epochs counted from 1
     line = _lines(axes[2])[0]
     ep = runs["random"]["epochs"]
@@ -118,10 +120,10 @@ def test_figure_group_has_the_papers_four_panels(runs, registry_mode):
 
 
 def test_figure6_and_missing_run_is_named(runs, registry_mode):
-    fig = plots.figure6(runs)
-    assert [ln.get_label() for ln in _lines(fig.get_axes()[1])] == [PAPER[n][0] for n in plots.FIGURE6]
+    fig = figures.figure6(runs)
+    assert [ln.get_label() for ln in _lines(fig.get_axes()[1])] == [PAPER[n][0] for n in figures.FIGURE6]
     partial = {k: v for k, v in runs.items() if k != "ae_encoder"}
-    fig2 = plots.figure6(partial)
+    fig2 = figures.figure6(partial)
     legend_texts = [t.get_text() for leg in fig2.legends for t in leg.get_texts()]
     # without the registry a missing run's label is unknown: its name stands in
     expected = "Pretrained encoder only" if registry_mode == "registry" else "ae_encoder"
@@ -131,24 +133,24 @@ def test_figure6_and_missing_run_is_named(runs, registry_mode):
 
 
 def test_groups_match_the_registry():
-    sc = pytest.importorskip("pneumolib.scenarios")
-    assert list(plots.FIGURE5) == sc.PAPER_GROUPS["figure5"]
-    assert list(plots.FIGURE6) == sc.PAPER_GROUPS["figure6"]
+    sc = pytest.importorskip("pneumolib.models.scenarios")
+    assert list(figures.FIGURE5) == sc.PAPER_GROUPS["figure5"]
+    assert list(figures.FIGURE6) == sc.PAPER_GROUPS["figure6"]
     assert tables.TABLE4_ORDER == tuple(sc.SCENARIOS)
     for name, (label, d, i) in PAPER.items():
         assert (sc.SCENARIOS[name].label, sc.SCENARIOS[name].paper_dice, sc.SCENARIOS[name].paper_iou) == (label, d, i)
 
 
 def test_figure7_takes_the_best_autoencoder_scenario(runs, registry_mode):
-    assert plots.best_ae_scenario(runs) == "ae_encoder_mask_decoder"
-    fig = plots.figure7(runs)
+    assert figures.best_ae_scenario(runs) == "ae_encoder_mask_decoder"
+    fig = figures.figure7(runs)
     assert [ln.get_label() for ln in _lines(fig.get_axes()[3])] == [
         PAPER["random"][0], PAPER["ae_encoder_mask_decoder"][0], PAPER["resnet50"][0]]
     # NaN scores are skipped; the next best wins
     runs["ae_encoder_mask_decoder"]["metrics"]["test"]["dice_pooled"] = float("nan")
-    assert plots.best_ae_scenario(runs) == "ae_encoder"
-    assert plots.best_ae_scenario({k: runs[k] for k in ("random", "resnet50")}) is None
-    assert plots.figure7_names({"random": runs["random"]}) == ("random", "resnet50")
+    assert figures.best_ae_scenario(runs) == "ae_encoder"
+    assert figures.best_ae_scenario({k: runs[k] for k in ("random", "resnet50")}) is None
+    assert figures.figure7_names({"random": runs["random"]}) == ("random", "resnet50")
     matplotlib.pyplot.close("all")
 
 
@@ -180,12 +182,12 @@ def test_table4_missing_run_is_a_nan_row_with_a_note(runs):
     row = df.set_index("scenario").loc["ae_full_frozen"]
     assert math.isnan(row["dice_pooled"]) and math.isnan(row["auc"])
     assert "missing" in row["note"]
-    assert row["paper_dice"] == pytest.approx(0.23) or "pneumolib.scenarios" not in sys.modules
+    assert row["paper_dice"] == pytest.approx(0.23) or "pneumolib.models.scenarios" not in sys.modules
 
 
 def test_write_table4_states_which_dice(runs, tmp_path):
     df = tables.table4(runs)
-    out = tables.write_table4(df, tmp_path / "fig", runs)
+    out = markdown.write_table4(df, tmp_path / "fig", runs)
     csv = pd.read_csv(out["csv"])
     assert list(csv["scenario"]) == list(tables.TABLE4_ORDER)
     md = out["md"].read_text()
@@ -199,7 +201,7 @@ def test_write_table4_states_which_dice(runs, tmp_path):
 
 
 def test_save_figures_writes_small_pngs(runs, tmp_path):
-    out = plots.save_figures(runs, tmp_path / "figs")
+    out = figures.save_figures(runs, tmp_path / "figs")
     for name in ("figure5", "figure6", "figure7", "extra_metrics"):
         p = tmp_path / "figs" / f"{name}.png"
         assert out[name] == p and p.exists()
@@ -209,7 +211,7 @@ def test_save_figures_writes_small_pngs(runs, tmp_path):
 
 
 def test_extra_metrics_and_ae_tables(runs):
-    fig = plots.plot_extra_metrics(runs)
+    fig = figures.plot_extra_metrics(runs)
     axes = fig.get_axes()
     assert len(axes) == 3
     assert "Kaggle" in axes[0].get_title()
@@ -219,7 +221,7 @@ def test_extra_metrics_and_ae_tables(runs):
     ct = tables.copy_through_table(runs)
     assert list(ct.index) == ["ae_xray", "ae_mask"]
     assert ct.loc["ae_xray", "ratio_zeroed_over_normal"] == pytest.approx(7.0)
-    fig2 = plots.plot_loss_curves(runs)
+    fig2 = figures.plot_loss_curves(runs)
     assert len(fig2.get_axes()) == 2
     summary = tables.run_summary(runs["random"])
     assert summary.loc["dice_pooled", "test"] == pytest.approx(OURS["random"])
@@ -228,10 +230,10 @@ def test_extra_metrics_and_ae_tables(runs):
 
 
 def test_read_profile_runs_of_a_missing_folder(tmp_path):
-    assert tables.read_profile_runs(tmp_path / "nope") == {}
+    assert runs_mod.read_profile_runs(tmp_path / "nope") == {}
     df = tables.table4({})
     assert len(df) == 6 and df["dice_pooled"].isna().all()
-    assert "unknown" in tables.table4_markdown(df, {})
+    assert "unknown" in markdown.table4_markdown(df, {})
 
 
 # -- EDA helpers on stand-ins ---------------------------------------------------------------
@@ -292,7 +294,7 @@ def test_split_tables_count_leakage_of_the_paper_protocol():
 
 
 def test_split_tables_of_a_datamodule_and_of_one_table():
-    from pneumolib.splits import make_split
+    from pneumolib.prep.splits import make_split
 
     c = FakeCache(n=60)
     cfg = SimpleNamespace(seed=1, test_frac=0.2, val_frac=0.1, paper_augment=True, protocol="clean")
@@ -300,6 +302,6 @@ def test_split_tables_of_a_datamodule_and_of_one_table():
     dm = SimpleNamespace(cfg=cfg, cache=c, split=split)
     out = eda.split_tables(dm)
     # the clean table drawn here is the one training draws (same inputs, same seed)
-    pd.testing.assert_frame_equal(out["tables"].loc["clean"], __import__("pneumolib.splits").splits.split_table(split))
+    pd.testing.assert_frame_equal(out["tables"].loc["clean"], importlib.import_module("pneumolib.prep.splits").split_table(split))
     one = eda.split_tables(split)
     assert list(one["leakage"].index) == ["given"] and one["leakage"].loc["given", "leaked_sources"] == 0

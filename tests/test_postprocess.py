@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_pneumo
-from pneumolib import image_level as il
-from pneumolib import metrics, postprocess as pp
+
+from pneumolib import metrics
+from pneumolib.evaluation import image_level as il
+from pneumolib.evaluation import postprocess as pp
+from pneumolib.reporting import studies
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,7 +164,9 @@ def smoke_run(tmp_path_factory, session_cache):
 @pytest.fixture(scope="module")
 def study(smoke_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return il.image_level_study({"random": smoke_run}, out), out
+    df = il.image_level_study({"random": smoke_run})
+    studies.write_image_level(df, out)
+    return df, out
 
 
 def test_collect_probabilities_shapes_and_order(smoke_run):
@@ -233,7 +237,7 @@ class _UNetWithHead:
 
 
 def test_gate_methods_for_a_model_with_a_head_tune_on_val_only(smoke_run, tmp_path, monkeypatch):
-    import pneumolib.evaluate as ev
+    import pneumolib.evaluation.evaluate as ev
 
     run = tmp_path / "run_cls"
     shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("checkpoints", "logs"))
@@ -250,7 +254,7 @@ def test_gate_methods_for_a_model_with_a_head_tune_on_val_only(smoke_run, tmp_pa
     for name in ("tune_triplet", "tune_gate", "tune_gate_triplet"):
         fn = getattr(pp, name)
         monkeypatch.setattr(pp, name, lambda *a, _fn=fn, _n=name, **k: (events.append((_n, len(a[0]))), _fn(*a, **k))[1])
-    df = il.image_level_study({"cls": run}, tmp_path / "out")
+    df = il.image_level_study({"cls": run})
     assert list(df["method"]) == ["all_empty", "threshold", "triplet", "gate", "gate+triplet"]
     n_val = len(pd.read_csv(run / "val_per_image.csv"))
     first_test = [e[0] for e in events].index("collect_test")

@@ -1,4 +1,4 @@
-"""Inference on arbitrary files (`pneumo predict`, pneumolib.predict) and the COVID screening."""
+"""Inference on arbitrary files (`pneumo predict`, pneumolib.commands.predict) and the COVID screening."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-
 from conftest import run_pneumo
 from dicom_utils import write_dicom
+from PIL import Image
+
 from pneumolib.errors import DataError, WeightsError
 
 
@@ -120,7 +120,7 @@ def test_all_bad_inputs_and_bad_checkpoints_exit_non_zero(run_dir, tmp_path, cap
 
 
 def test_load_predictor_explains_bad_checkpoints(run_dir, tmp_path):
-    from pneumolib.predict import load_predictor
+    from pneumolib.evaluation.predictor import load_predictor
 
     not_run = tmp_path / "loose"
     not_run.mkdir()
@@ -143,8 +143,9 @@ def test_load_predictor_explains_bad_checkpoints(run_dir, tmp_path):
 
 
 def test_postprocess_triplet_ckpt_and_class_head(run_dir, tmp_path):
-    from pneumolib.models import UNet
-    from pneumolib.predict import load_predictor, predict_paths
+    from pneumolib.commands.predict import predict_paths
+    from pneumolib.evaluation.predictor import load_predictor
+    from pneumolib.models.unet import UNet
 
     img = tmp_path / "in" / "x.png"
     img.parent.mkdir()
@@ -181,14 +182,15 @@ def test_postprocess_triplet_ckpt_and_class_head(run_dir, tmp_path):
 def test_screening_heldout_phantom_end_to_end(run_dir, tmp_path):
     from matplotlib.figure import Figure
 
-    from pneumolib import screening
+    from pneumolib.commands import screening
     from pneumolib.config import get_config
+    from pneumolib.data import covid
 
     cfg = get_config("smoke")
-    folder = screening.heldout_phantom(cfg, n=10, out=tmp_path / "covid")
-    assert screening.heldout_phantom(cfg, n=10, out=tmp_path / "covid") == folder   # reused
+    folder = covid.heldout_phantom(cfg, n=10, out=tmp_path / "covid")
+    assert covid.heldout_phantom(cfg, n=10, out=tmp_path / "covid") == folder   # reused
     meta = pd.read_csv(folder / "metadata.csv")
-    for col in screening.METADATA_COLUMNS:
+    for col in covid.METADATA_COLUMNS:
         assert col in meta.columns
     assert {Path(f).suffix for f in meta["filename"]} == {".png", ".jpg"}
     modes = {Image.open(folder / "images" / f).mode for f in meta["filename"]}
@@ -210,7 +212,7 @@ def test_screening_heldout_phantom_end_to_end(run_dir, tmp_path):
 
 
 def test_pick_run_takes_the_best_validation_run(run_dir, tmp_path, monkeypatch):
-    from pneumolib import screening
+    from pneumolib.commands import screening
     from pneumolib.config import get_config
 
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path))
@@ -230,7 +232,7 @@ def test_pick_run_takes_the_best_validation_run(run_dir, tmp_path, monkeypatch):
 
 
 def test_covid_metadata_errors_and_modality_filter(tmp_path):
-    from pneumolib.screening import read_covid_metadata
+    from pneumolib.data.covid import read_covid_metadata
 
     with pytest.raises(DataError, match="metadata.csv"):
         read_covid_metadata(tmp_path)

@@ -1,4 +1,4 @@
-"""pneumolib.prep and pneumolib.seeding: resizing, flip, rotation, normalisation, seeds."""
+"""pneumolib.prep.augment and pneumolib.seeding: resizing, flip, rotation, normalisation, seeds."""
 
 import random
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumolib import prep
 from pneumolib.errors import DataError
+from pneumolib.prep import augment as prep
 from pneumolib.seeding import rng_for, seed_everything
 
 

@@ -1,4 +1,4 @@
-"""The Models Genesis pretext (pneumolib.pretext), the no-skip autoencoder, and the
+"""The Models Genesis pretext (pneumolib.models.pretext), the no-skip autoencoder, and the
 genesis pretraining end to end."""
 
 from __future__ import annotations
@@ -12,12 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from pneumolib import pretext
-from pneumolib.models import ALL_SKIPS, UNet
-from pneumolib.pretext import (
-    GENESIS_DEFAULTS, bezier_luts, genesis_distort, genesis_distort_items, in_paint,
-    intensity_transform, item_seeds, local_shuffle, out_paint, shuffle_window,
+from pneumolib.models import pretext
+from pneumolib.models.pretext import (
+    GENESIS_DEFAULTS,
+    bezier_luts,
+    genesis_distort,
+    genesis_distort_items,
+    in_paint,
+    intensity_transform,
+    item_seeds,
+    local_shuffle,
+    out_paint,
+    shuffle_window,
 )
+from pneumolib.models.unet import ALL_SKIPS, UNet
 
 
 def gen(seed: int) -> torch.Generator:
@@ -190,7 +198,7 @@ class _FakeDM:
 
 
 def test_noskip_unet_same_state_dict_and_skips_do_nothing():
-    from pneumolib.train import copy_through
+    from pneumolib.training.runs import copy_through
 
     torch.manual_seed(0)
     plain = UNet(1, 1, base_width=4)
@@ -229,7 +237,7 @@ def test_noskip_skip_halves_get_no_gradient():
 
 def test_module_noskip_task_zeroes_every_skip():
     from pneumolib.errors import ConfigError
-    from pneumolib.train import PneumoModule
+    from pneumolib.training.module import PneumoModule
 
     m = UNet(1, 1, base_width=4)
     PneumoModule(m, task="ae_xray_noskip")

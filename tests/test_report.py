@@ -1,4 +1,4 @@
-"""The HTML report (pneumolib.report) on fake figure / result / papermill folders: no training."""
+"""The HTML report (pneumolib.reporting.report) on fake figure / result / papermill folders: no training."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumolib import report
+from pneumolib.reporting import report
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SCENARIOS = ["resnet50", "ae_encoder", "random"]

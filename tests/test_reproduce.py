@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 from conftest import run_pneumo
 
 

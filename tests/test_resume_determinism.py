@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
-
 from conftest import PNEUMO, ROOT, run_pneumo
 
 

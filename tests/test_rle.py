@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from pneumolib.data.rle import decode, decode_many, encode
 from pneumolib.errors import DataError
-from pneumolib.rle import decode, decode_many, encode
 
 # Height 3, width 4. Column-major flat order: 1 0 0 | 1 1 1 | 0 0 0 | 0 0 1
 # Absolute runs [0, 1) [3, 6) [11, 12): touches the first and the last pixel.

@@ -13,11 +13,18 @@ import torch.nn.functional as F
 
 from pneumolib.config import Config
 from pneumolib.errors import ConfigError, WeightsError
-from pneumolib.models import UNet, apply_frozen_bn_eval
-from pneumolib.scenarios import (
-    ALL_SCENARIOS, EXTRA_SCENARIOS, PAPER_GROUPS, SCENARIOS, Scenario, build_model, get_scenario,
+from pneumolib.models.parts import apply_frozen_bn_eval
+from pneumolib.models.scenarios import (
+    ALL_SCENARIOS,
+    EXTRA_SCENARIOS,
+    PAPER_GROUPS,
+    SCENARIOS,
+    Scenario,
+    build_model,
+    get_scenario,
     transfer_report,
 )
+from pneumolib.models.unet import UNet
 
 CFG = Config(base_width=4, image_size=32, encoder_weights="none")
 SMALL_RESNET = CFG.replace(resnet_encoder="resnet18")  # same smp code path, 4x fewer weights
@@ -226,7 +233,8 @@ def test_cls_head_outputs_and_plain_models_stay_plain():
 def test_cls_head_loss_adds_weighted_bce():
     import torch.nn.functional as F
 
-    from pneumolib.train import CLS_WEIGHT, PneumoModule, bce_dice_loss
+    from pneumolib.training.losses import bce_dice_loss
+    from pneumolib.training.module import CLS_WEIGHT, PneumoModule
 
     module = PneumoModule(build_model("random_cls", CFG, None), task="seg")
     assert module.cls_weight == CLS_WEIGHT == 0.5

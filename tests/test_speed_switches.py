@@ -8,8 +8,9 @@ import math
 import torch
 
 from pneumolib.config import get_config
-from pneumolib.models import UNet
-from pneumolib.train import make_trainer, train_scenario
+from pneumolib.models.unet import UNet
+from pneumolib.training.runs import train_scenario
+from pneumolib.training.trainer import make_trainer
 
 
 def test_cudnn_benchmark_reaches_torch(tmp_path):

@@ -1,4 +1,4 @@
-"""pneumolib.splits: the paper's leaky protocol, the clean one, and the saved CSV."""
+"""pneumolib.prep.splits: the paper's leaky protocol, the clean one, and the saved CSV."""
 
 import numpy as np
 import pandas as pd
@@ -6,14 +6,7 @@ import pytest
 
 from pneumolib.config import PAPER_TEST_FRAC, Config
 from pneumolib.errors import ConfigError
-from pneumolib.splits import (
-    COLUMNS,
-    leakage,
-    load_or_make_split,
-    make_split,
-    read_split,
-    split_table,
-)
+from pneumolib.prep.splits import COLUMNS, leakage, load_or_make_split, make_split, read_split, split_table
 
 
 def _labels(n, n_pos, seed=0):

@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumolib import plots, reproduce, studies
+from pneumolib.commands import plan as plan_mod
 from pneumolib.config import get_config
-from pneumolib.datamodule import label_subset
 from pneumolib.errors import ConfigError
+from pneumolib.models.scenarios import scenario_order
+from pneumolib.prep.datamodule import label_subset
+from pneumolib.reporting import plots, studies
 
 
 def _split(n_src: int = 200, prevalence: float = 0.25, seed: int = 0) -> pd.DataFrame:
@@ -55,19 +57,19 @@ def test_label_frac_is_validated():
 
 
 def test_parse_studies():
-    assert reproduce.parse_studies("") == ()
-    assert reproduce.parse_studies("all") == reproduce.STUDIES
-    assert reproduce.parse_studies("pretext,leakage") == ("leakage", "pretext")
+    assert plan_mod.parse_studies("") == ()
+    assert plan_mod.parse_studies("all") == plan_mod.STUDIES
+    assert plan_mod.parse_studies("pretext,leakage") == ("leakage", "pretext")
     with pytest.raises(ConfigError, match="unknown study nope"):
-        reproduce.parse_studies("leakage,nope")
+        plan_mod.parse_studies("leakage,nope")
 
 
 def test_plan_with_seeds_and_studies():
-    steps = reproduce.plan("smoke", None, {"max_epochs": "1"}, seeds=2, studies=reproduce.STUDIES)
+    steps = plan_mod.plan("smoke", None, {"max_epochs": "1"}, seeds=2, studies=plan_mod.STUDIES)
     names = [s.name for s in steps]
     assert len(names) == len(set(names))
     seed = get_config("smoke").seed
-    six = reproduce.scenario_order()
+    six = scenario_order()
     for sc in six:
         assert f"04_finetune-{sc}" in names and f"04_finetune-{sc}-seed{seed + 1}" in names
     by = {s.name: s for s in steps}
@@ -86,7 +88,7 @@ def test_plan_with_seeds_and_studies():
         i = names.index(nb)
         assert all(names.index(d) < i for d in by[nb].deps)
     # the plain plan: the paper's notebooks plus screening, nothing of the studies
-    plain = [s.name for s in reproduce.plan("smoke")]
+    plain = [s.name for s in plan_mod.plan("smoke")]
     assert plain[-2:] == ["05_results", "06_covid_screening"] and len(plain) == 3 + len(six) + 2
 
 

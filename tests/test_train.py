@@ -9,7 +9,6 @@ import time
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_pneumo
 
 

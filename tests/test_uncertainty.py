@@ -13,8 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumolib import metrics, runio, tables, uncertainty
-from pneumolib.uncertainty import ImageSetMismatch, bootstrap_ci, replicates, seed_summary
+from pneumolib import metrics, runio
+from pneumolib.evaluation import uncertainty
+from pneumolib.evaluation.uncertainty import ImageSetMismatch, bootstrap_ci, replicates, seed_summary
+from pneumolib.reporting import markdown, tables
+from pneumolib.reporting import runs as runs_mod
 
 COUNTS = ["intersection", "pred_area", "true_area"]
 
@@ -258,9 +261,9 @@ def profile(tmp_path):
 
 def test_table4_from_two_scenarios_with_two_seeds_each(profile):
     root, frames = profile
-    runs = tables.read_profile_runs(root)
+    runs = runs_mod.read_profile_runs(root)
     assert sorted(runs) == ["random", "random-seed1", "resnet50", "resnet50-seed1"]
-    grouped = tables.read_scenario_runs(root)
+    grouped = runs_mod.read_scenario_runs(root)
     assert [r["name"] for r in grouped["random"]] == ["random", "random-seed1"]
     df = tables.table4(runs, n_boot=300)
     assert list(df.columns) == tables.TABLE4_COLUMNS
@@ -295,7 +298,7 @@ def test_table4_from_two_scenarios_with_two_seeds_each(profile):
     assert row["lo"] == pytest.approx(t.loc["random", "dice_pooled_ci95_lo"]) and row["paper"] == pytest.approx(0.50)
     assert row["level"] == 0.95
 
-    md = tables.table4_markdown(df, runs)
+    md = markdown.table4_markdown(df, runs)
     r = t.loc["random"]
     cell = f"{r['dice_pooled']:.3f} [{r['dice_pooled_ci95_lo']:.3f}, {r['dice_pooled_ci95_hi']:.3f}]"
     assert f"| random | Randomly initialized | {cell} |" in md
@@ -314,7 +317,7 @@ def test_table4_falls_back_to_metrics_json_without_per_image_files(tmp_path):
     make_seed_run(root, "random", "random", 42, with_csv)
     make_seed_run(root, "ae_full", "ae_full", 42, None)  # an older run: no test_per_image.csv
     make_seed_run(root, "ae_full-seed42", "ae_full", 42, None)  # the same seed twice: counted once
-    runs = tables.read_profile_runs(root)
+    runs = runs_mod.read_profile_runs(root)
     df = tables.table4(runs, n_boot=100).set_index("scenario")
     fb = df.loc["ae_full"]
     ref = summarize_frame(fake_per_image(40, seed=42, truth_seed=0))
@@ -324,7 +327,7 @@ def test_table4_falls_back_to_metrics_json_without_per_image_files(tmp_path):
     assert "no test_per_image.csv: metrics.json values, no interval" in fb["note"]
     assert fb["best_epoch"] == 3 and fb["n_test_images"] == 40
     assert df.loc["random", "dice_pooled_ci95_lo"] < df.loc["random", "dice_pooled_ci95_hi"]
-    md = tables.table4_markdown(df.reset_index(), runs)
+    md = markdown.table4_markdown(df.reset_index(), runs)
     assert "No `test_per_image.csv` for `ae_full`" in md and "without an interval" in md
     assert "One training seed per scenario" in md
     # a different level renames the interval columns
@@ -337,13 +340,13 @@ def test_table4_when_the_seeds_test_images_differ(tmp_path):
     root = tmp_path / "results" / "demo"
     make_seed_run(root, "random", "random", 42, fake_per_image(60, seed=1))
     make_seed_run(root, "random-seed1", "random", 1, fake_per_image(60, seed=2, index=np.arange(100, 160)))
-    df = tables.table4(tables.read_profile_runs(root), n_boot=100).set_index("scenario")
+    df = tables.table4(runs_mod.read_profile_runs(root), n_boot=100).set_index("scenario")
     r = df.loc["random"]
     assert r["n_seeds"] == 2 and "test images differ" in r["note"]
     assert r["dice_per_image_ci95_lo"] <= r["dice_per_image"] <= r["dice_per_image_ci95_hi"]
 
 
 def test_seed_run_names():
-    assert tables.split_run_name("ae_encoder_mask_decoder-seed12") == ("ae_encoder_mask_decoder", 12)
-    assert tables.split_run_name("random") == ("random", None)
-    assert tables.split_run_name("random-seedx") == ("random-seedx", None)
+    assert runs_mod.split_run_name("ae_encoder_mask_decoder-seed12") == ("ae_encoder_mask_decoder", 12)
+    assert runs_mod.split_run_name("random") == ("random", None)
+    assert runs_mod.split_run_name("random-seedx") == ("random-seedx", None)

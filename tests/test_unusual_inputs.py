@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from pneumolib.data import open_source
-from pneumolib.prep import resize_image
+from pneumolib.prep.augment import resize_image
 
 
 def test_very_large_16bit_image_reads_and_resizes(tmp_path):

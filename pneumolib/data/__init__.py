@@ -27,8 +27,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import imageio
-from ..errors import ConfigError, DataError
+from pneumolib.errors import ConfigError, DataError
+
+from . import imageio
 from .base import Record, Source, walk_files
 from .images import LAYOUT as IMAGES_LAYOUT
 from .images import ImagesSource, open_images

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import imageio
-from ..errors import DataError
+from pneumolib.errors import DataError
+
+from . import imageio
 
 
 @dataclass(frozen=True)

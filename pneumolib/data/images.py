@@ -17,8 +17,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import imageio
-from ..errors import DataError
+from pneumolib.errors import DataError
+
+from . import imageio
 from .base import Record, Skips, Source, walk_files
 
 LAYOUT = ("images: a folder (any depth) of .png / .jpg / .jpeg / .dcm files, a single such "

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import imageio
-from ..errors import DataError
-from ..rle import EMPTY, decode_many
+from pneumolib.errors import DataError
+
+from . import imageio
 from .base import Record, Skips, Source, column_index, read_csv_table, walk_files
+from .rle import EMPTY, decode_many
 
 RLE_CSV = "train-rle.csv"
 COLUMNS = ("ImageId", "EncodedPixels")

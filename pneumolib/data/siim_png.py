@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import imageio
-from ..errors import DataError
-from .base import (JUNK_REASON, Record, Skips, Source, column_index, listdir_names,
-                   read_csv_table)
+from pneumolib.errors import DataError
+
+from . import imageio
+from .base import JUNK_REASON, Record, Skips, Source, column_index, listdir_names, read_csv_table
 
 CSV_NAMES = {"train": "stage_1_train_images.csv", "test": "stage_1_test_images.csv"}
 COLUMNS = ("new_filename", "ImageId", "has_pneumo")

@@ -1,0 +1,123 @@
+"""Tables as GitHub Markdown, and Table 4's Markdown page with the note on which Dice is which."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from pneumolib import runio
+
+from .runs import data_sources
+from .tables import CI_METRICS, COLUMN_NOTES, DEFAULT_N_BOOT, as_float, ci_tag, table_level
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or v is pd.NA:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v).replace("|", "\\|")
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub Markdown table of ``df`` (floats to ``digits`` decimals, NaN blank)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c], digits) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _cell(mean: Any, lo: Any, hi: Any, digits: int = 3) -> str:
+    """``"0.467 [0.391, 0.552]"``; the mean alone when there is no interval; blank for NaN."""
+    m, l, h = as_float(mean), as_float(lo), as_float(hi)
+    if math.isnan(m):
+        return ""
+    if math.isnan(l) or math.isnan(h):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} [{l:.{digits}f}, {h:.{digits}f}]"
+
+
+def _seed_count_text(df: pd.DataFrame) -> str:
+    n = sorted({int(v) for v in df["n_seeds"].dropna() if int(v) > 0}) if "n_seeds" in df.columns else []
+    if not n:
+        return "no finished runs"
+    if len(n) == 1:
+        return f"{n[0]} seed{'s' if n[0] != 1 else ''} per scenario"
+    return f"{n[0]} to {n[-1]} seeds per scenario, column `n_seeds`"
+
+
+def table4_markdown(df: pd.DataFrame, runs: Mapping[str, Any] | None = None) -> str:
+    """Table 4 as Markdown: ``mean [lo, hi]`` cells, a header on what the numbers are and which Dice is which."""
+    sources = data_sources(runs) if runs else sorted({str(k) for k in df["data_kind"].dropna()})
+    level = table_level(df)
+    tag = ci_tag(level)
+    boot = df.attrs.get("bootstrap") or {}
+    n_boot = boot.get("n_boot", DEFAULT_N_BOOT)
+    pct = f"{level * 100:g} %"
+    has_ci = [m for m in CI_METRICS if f"{m}_{tag}_lo" in df.columns]
+    fallback = [str(s) for s, n in zip(df["scenario"], df["note"]) if "metrics.json values, no interval" in str(n)]
+    head = [
+        "# Table 4: segmentation of the six initialisation scenarios",
+        "",
+        f"Each of our cells is **mean [{pct} interval]**: the mean over the training seeds of the "
+        f"scenario ({_seed_count_text(df)}; every run is the best checkpoint by validation loss), and a "
+        f"{pct} percentile **bootstrap interval over test images** ({n_boot} resamples of the test images, "
+        "the same resample for every seed, computed from each run's `test_per_image.csv`). The interval "
+        "says how much the number would move on another test set of the same size; the spread over "
+        "training seeds is the sd table below the main one.",
+        "",
+        "Which Dice is which:",
+        "- `dice_pooled` / `iou_pooled` (ours): intersections and areas **summed over the whole test set** "
+        "(pooled), then divided.",
+        "- `paper_dice` / `paper_iou`: **the paper's numbers** (its Table 4), measured on the real "
+        "SIIM-ACR data, most likely pooled as well: they are the paper's, not ours, and carry no interval.",
+        "- `dice_per_image` (ours): the **Kaggle score**, Dice per image with 1 for empty/empty, averaged "
+        "over test images; `empty_baseline_dice_per_image` is what predicting every mask empty scores "
+        "(the share of test images with an empty mask): a Kaggle score near it means nothing was learned.",
+        "- `dice_positive` (ours): mean per-image Dice over test images with a non-empty mask; `auc`, "
+        "`sensitivity`, `specificity`: image-level (is the predicted mask non-empty?).",
+        "",
+        "Ours come from the data source each run names in its `metrics.json`: "
+        + ("; ".join(sources) if sources else "unknown (no finished runs)") + ". "
+        "Numbers on the built-in phantom are not comparable with the paper's.",
+        "",
+    ]
+    if fallback:
+        head += [f"No `test_per_image.csv` for {', '.join(f'`{s}`' for s in fallback)}: those rows show the "
+                 "`metrics.json` numbers (mean over seeds) **without an interval**.", ""]
+    head.append("")
+    show = pd.DataFrame({"scenario": df["scenario"], "label": df["label"]})
+    for m in ("dice_pooled", "iou_pooled", "paper_dice", "paper_iou", "dice_per_image",
+              "empty_baseline_dice_per_image", "dice_positive", "auc", "sensitivity", "specificity"):
+        if m in has_ci:
+            show[m] = [_cell(r[m], r[f"{m}_{tag}_lo"], r[f"{m}_{tag}_hi"]) for _, r in df.iterrows()]
+        elif m in df.columns:
+            show[m] = df[m]
+    for c in ("n_seeds", "n_test_images", "best_epochs", "note"):
+        if c in df.columns:
+            show[c] = df[c]
+    body = to_markdown(show)
+    sd_cols = [f"{m}_seed_sd" for m in CI_METRICS if f"{m}_seed_sd" in df.columns]
+    multi = "n_seeds" in df.columns and bool((df["n_seeds"].fillna(0) > 1).any())
+    if multi and sd_cols:
+        sd = df[["scenario", "n_seeds", *sd_cols]].rename(columns={c: c.removesuffix("_seed_sd") for c in sd_cols})
+        spread = ["", "", "Spread over training seeds (sd of the seeds' values, ddof = 1; blank for one seed):", "",
+                  to_markdown(sd)]
+    else:
+        spread = ["", "", "One training seed per scenario: no spread over seeds (run more seeds to see it)."]
+    notes = ["", "Columns:"] + [f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items() if k in show.columns]
+    return "\n".join(head) + body + "\n".join(spread) + "\n" + "\n".join(notes) + "\n"
+
+
+def write_table4(df: pd.DataFrame, folder: Path | str,
+                 runs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Path]:
+    """Write ``table4.csv`` and ``table4.md`` (with the note on which Dice) into ``folder``."""
+    folder = Path(folder)
+    return {
+        "csv": runio.atomic_write_csv(folder / "table4.csv", df),
+        "md": runio.atomic_write_text(folder / "table4.md", table4_markdown(df, runs)),
+    }
