@@ -1,13 +1,28 @@
-"""Write a phantom set in the ``siim-png`` layout (DATA.md section 2), atomically.
+"""Write a phantom set, atomically, in the ``siim-png`` or the ``siim-dicom`` layout.
 
-```
-<out>/
-  png_images/<k>_<train|test>_<has_pneumo>_.png   8-bit grayscale
-  png_masks/<same name>                            0 / 255
-  stage_1_train_images.csv                         new_filename,ImageId,has_pneumo
-  stage_1_test_images.csv
-  PHANTOM.json                                     the marker: parameters and version
-```
+``siim-png`` (the default; DATA.md section 2)::
+
+    <out>/
+      png_images/<k>_<train|test>_<has_pneumo>_.png   8-bit grayscale
+      png_masks/<same name>                            0 / 255
+      stage_1_train_images.csv                         new_filename,ImageId,has_pneumo
+      stage_1_test_images.csv
+      PHANTOM.json                                     the marker: parameters and version
+
+``siim-dicom`` (the original competition download; DATA.md section 3)::
+
+    <out>/
+      dicom-images-train/<study uid>/<series uid>/<ImageId>.dcm   JPEG Baseline, 8-bit
+      train-rle.csv                                               ImageId, EncodedPixels
+      PHANTOM.json
+
+with the real table's quirks: the header ``ImageId, EncodedPixels`` and every value carry
+a leading space, empty masks are ``-1``, and about 23 % of the positive images have 2 to 4
+rows whose union is the mask (about 29 % of those overlap; see
+:func:`pneumolib.phantom.dicom.annotation_plan`). ``junk=N`` adds N macOS ``._<ImageId>.dcm``
+files beside the DICOMs. Every image goes to ``dicom-images-train`` (the layout has no
+labelled test folder), so the plan's train/test split is not kept; labels are.
+
 Everything is written into a hidden sibling folder that is renamed into place at the end,
 so an interrupted run never leaves a set that looks complete; ``PHANTOM.json`` is written
 last, just before the rename.
@@ -31,11 +46,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import __version__, paths
+from .. import __version__, paths, rle
 from ..errors import ConfigError, DataError
-from . import compose, knobs
+from . import compose, dicom, knobs
 
 MARKER = "PHANTOM.json"
+LAYOUTS = ("siim-png", "siim-dicom")
+DICOM_DIR = "dicom-images-train"
+RLE_CSV = "train-rle.csv"
 CSV_COLUMNS = ("new_filename", "ImageId", "has_pneumo")
 #: the layout's train/test proportion: 10,675 / 1,372 rows
 TEST_FRAC = 1372 / (10675 + 1372)
@@ -87,11 +105,12 @@ def plan(n: int, seed: int = 0, prevalence: float = knobs.PREVALENCE) -> list[It
 _JOB: dict = {}
 
 
-def _init(folder: str, seed: int, size: int, difficulty: float, worker: bool = True) -> None:
+def _init(folder: str, seed: int, size: int, difficulty: float, layout: str = "siim-png",
+          worker: bool = True) -> None:
     if worker:
         cv2.setNumThreads(1)        # one process per core (a no-op in forked workers)
         _keep_buffers()
-    _JOB.update(folder=folder, seed=seed, size=size, difficulty=difficulty)
+    _JOB.update(folder=folder, seed=seed, size=size, difficulty=difficulty, layout=layout)
 
 
 def _keep_buffers() -> None:
@@ -110,7 +129,9 @@ def _keep_buffers() -> None:
         pass
 
 
-def _work(item: tuple[int, str, bool]) -> tuple[int, float]:
+def _work(item: tuple) -> tuple[int, object]:
+    if _JOB["layout"] == "siim-dicom":
+        return _work_dicom(item)
     index, name, positive = item
     img, mask, _ = compose.render(index, _JOB["seed"], _JOB["size"], _JOB["difficulty"], positive=positive)
     folder = _JOB["folder"]
@@ -122,6 +143,28 @@ def _work(item: tuple[int, str, bool]) -> tuple[int, float]:
         except OSError as e:
             raise DataError(f"could not write {path}: {e}; check free space and permissions") from e
     return index, float(mask.mean())
+
+
+def _work_dicom(item: tuple) -> tuple[int, list[str]]:
+    """Render one image, write its JPEG DICOM; return its ``train-rle.csv`` values."""
+    index, positive, rel, image_id, pieces, overlap = item
+    img, mask, meta = compose.render(index, _JOB["seed"], _JOB["size"], _JOB["difficulty"], positive=positive)
+    path = os.path.join(_JOB["folder"], rel)
+    study, series = dicom.siim_uids(image_id)
+    patient = str(uuid.uuid5(uuid.NAMESPACE_OID, image_id))
+    attrs = {"SpecificCharacterSet": "ISO_IR 100", "PatientID": patient, "PatientName": patient,
+             "BodyPartExamined": "CHEST", "ViewPosition": meta["view"],
+             "SeriesDescription": f"view: {meta['view']}", "SeriesNumber": 1, "InstanceNumber": 1,
+             "ImageComments": "synthetic phantom radiograph (pneumolib.phantom)"}
+    try:
+        dicom.write_dicom(path, img, image_id=image_id, jpeg=True, study_uid=study,
+                          series_uid=series, attrs=attrs)
+    except OSError as e:
+        raise DataError(f"could not write {path}: {e}; check free space and permissions") from e
+    if not mask.any():
+        return index, [rle.EMPTY]
+    parts = dicom.split_annotations(mask, pieces, overlap) if pieces > 1 else [mask]
+    return index, [rle.encode(p) for p in parts]
 
 
 def png_bytes(a: np.ndarray) -> bytes:
@@ -156,9 +199,19 @@ def read_marker(root) -> dict | None:
         return None
 
 
-def _params(n, size, seed, difficulty, prevalence) -> dict:
-    return {"n": int(n), "size": int(size), "seed": int(seed), "difficulty": float(difficulty),
-            "prevalence": float(prevalence), "version": knobs.VERSION}
+def _params(n, size, seed, difficulty, prevalence, layout="siim-png", junk=0) -> dict:
+    params = {"n": int(n), "size": int(size), "seed": int(seed), "difficulty": float(difficulty),
+              "prevalence": float(prevalence), "version": knobs.VERSION, "layout": layout}
+    if layout == "siim-dicom":
+        params["junk"] = int(junk)
+    return params
+
+
+def _count_dicoms(folder: Path) -> int:
+    n = 0
+    for _, _, names in os.walk(folder):
+        n += sum(1 for f in names if f.endswith(".dcm") and not f.startswith("."))
+    return n
 
 
 def is_complete(root, **params) -> bool:
@@ -170,14 +223,17 @@ def is_complete(root, **params) -> bool:
         return False
     root = Path(root)
     n = m.get("n", -1)
+    if m.get("layout", "siim-png") == "siim-dicom":
+        return (root / RLE_CSV).is_file() and _count_dicoms(root / DICOM_DIR) == n
     return all((root / f).is_file() for f in ("stage_1_train_images.csv", "stage_1_test_images.csv")) and all(
         sum(1 for _ in os.scandir(root / d)) == n for d in ("png_images", "png_masks"))
 
 
 def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0,
                   prevalence: float = knobs.PREVALENCE, workers: int | None = None,
-                  progress: bool = True, overwrite: bool = False) -> Path:
-    """Render ``n`` phantom radiographs of ``size`` px into ``out`` in the ``siim-png`` layout.
+                  progress: bool = True, overwrite: bool = False, layout: str = "siim-png",
+                  junk: int = 0) -> Path:
+    """Render ``n`` phantom radiographs of ``size`` px into ``out`` in a SIIM layout.
 
     Args:
         out: target folder; created (its parent too). If it already holds a complete
@@ -191,6 +247,14 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
         progress: show a tqdm bar.
         overwrite: replace an existing phantom set with other parameters (a folder that
             is not a phantom set is never deleted).
+        layout: ``"siim-png"`` (default: the Kaggle PNG re-packaging, what training's
+            :func:`ensure_phantom` writes) or ``"siim-dicom"`` (the competition download:
+            nested JPEG Baseline DICOMs and ``train-rle.csv`` with its quirks; see the
+            module docstring). Same labels, ImageIds and pixels (up to JPEG error) in both.
+        junk: ``siim-dicom`` only: number of macOS ``._<ImageId>.dcm`` files (a few
+            hundred bytes each) to put beside the DICOMs, for exercising a reader's junk
+            skipping; 0 by default, so that opening the set is silent (a reader warns about
+            the junk it skips).
 
     Returns:
         ``out`` as an absolute Path.
@@ -199,6 +263,10 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
         ConfigError: a parameter out of range.
         DataError: ``out`` exists and is not a replaceable phantom set, or writing failed.
     """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"phantom layout={layout!r} is unknown; valid layouts: {', '.join(LAYOUTS)}")
+    if int(junk) < 0 or (int(junk) and layout != "siim-dicom"):
+        raise ConfigError(f"phantom junk={junk} must be 0, or a count >= 0 with layout='siim-dicom'")
     knobs.for_difficulty(difficulty)                                  # validates difficulty
     if int(n) < 1:
         raise ConfigError(f"phantom n={n} must be at least 1")
@@ -207,7 +275,7 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
     if not 0.0 <= float(prevalence) <= 1.0:
         raise ConfigError(f"phantom prevalence={prevalence} must lie in [0, 1]")
     n, size, seed = int(n), int(size), int(seed)
-    params = _params(n, size, seed, difficulty, prevalence)
+    params = _params(n, size, seed, difficulty, prevalence, layout, junk)
     out = Path(out).expanduser().absolute()
     if out.exists():
         if not out.is_dir():
@@ -233,30 +301,51 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
 def _fill(tmp: Path, params: dict, workers, progress: bool, label: str) -> None:
     from tqdm.auto import tqdm
 
-    n, size = params["n"], params["size"]
-    for d in ("png_images", "png_masks"):
-        (tmp / d).mkdir(parents=True)
+    n, size, layout = params["n"], params["size"], params["layout"]
     items = plan(n, params["seed"], params["prevalence"])
-    jobs = [(it.index, it.filename, it.positive) for it in items]
+    if layout == "siim-dicom":
+        (tmp / DICOM_DIR).mkdir(parents=True)
+        multi = dicom.annotation_plan([it.positive for it in items], params["seed"])
+        jobs = [(it.index, it.positive, _dicom_rel(it.image_id), it.image_id,
+                 *multi.get(it.index, (1, False))) for it in items]
+    else:
+        for d in ("png_images", "png_masks"):
+            (tmp / d).mkdir(parents=True)
+        jobs = [(it.index, it.filename, it.positive) for it in items]
     if workers is None:
         workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         workers = 1 if n < 16 else workers
     workers = max(1, min(int(workers), n))
-    args = (str(tmp), params["seed"], size, params["difficulty"])
+    args = (str(tmp), params["seed"], size, params["difficulty"], layout)
     bar = tqdm(total=n, desc=f"phantom {label}", unit="img", disable=not progress)
+    results: dict[int, object] = {}
     try:
         if workers == 1:
             _init(*args, worker=False)
             for job in jobs:
-                _work(job)
+                i, res = _work(job)
+                results[i] = res
                 bar.update()
         else:
             chunk = max(1, min(16, n // (workers * 8)))
             with _pool(workers, args) as pool:
-                for _ in pool.imap_unordered(_work, jobs, chunksize=chunk):
+                for i, res in pool.imap_unordered(_work, jobs, chunksize=chunk):
+                    results[i] = res
                     bar.update()
     finally:
         bar.close()
+    marker = {"kind": "phantom", "generator": "pneumolib.phantom", **params,
+              "n_train": sum(it.split == "train" for it in items),
+              "n_test": sum(it.split == "test" for it in items),
+              "n_positive": sum(it.positive for it in items), "pneumolib_version": __version__}
+    if layout == "siim-dicom":
+        marker.update(_finish_dicom(tmp, items, results, params))
+    else:
+        _write_png_csvs(tmp, items)
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _write_png_csvs(tmp: Path, items: list[Item]) -> None:
     for split in ("train", "test"):
         with open(tmp / f"stage_1_{split}_images.csv", "w", newline="") as fh:
             w = csv.writer(fh)
@@ -264,11 +353,29 @@ def _fill(tmp: Path, params: dict, workers, progress: bool, label: str) -> None:
             for it in items:
                 if it.split == split:
                     w.writerow((it.filename, it.image_id, int(it.positive)))
-    marker = {"kind": "phantom", "layout": "siim-png", "generator": "pneumolib.phantom", **params,
-              "n_train": sum(it.split == "train" for it in items),
-              "n_test": sum(it.split == "test" for it in items),
-              "n_positive": sum(it.positive for it in items), "pneumolib_version": __version__}
-    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _dicom_rel(image_id: str) -> str:
+    study, series = dicom.siim_uids(image_id)
+    return f"{DICOM_DIR}/{study}/{series}/{image_id}.dcm"
+
+
+def _finish_dicom(tmp: Path, items: list[Item], rles: dict, params: dict) -> dict:
+    """Write ``train-rle.csv`` (the real file's quirks) and the junk; the marker's extras."""
+    lines = ["ImageId, EncodedPixels"]             # sic: leading space, as in the download
+    for it in items:                               # an image's rows are adjacent
+        lines += [f"{it.image_id}, {r}" for r in rles[it.index]]
+    (tmp / RLE_CSV).write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng([params["seed"], params["n"], 0x0A11])
+    junk = rng.choice(len(items), min(params["junk"], len(items)), replace=False)
+    for i in sorted(junk.tolist()):
+        it = items[i]
+        target = tmp / _dicom_rel(it.image_id)
+        (target.parent / f"._{target.name}").write_bytes(dicom.apple_double_bytes(int(rng.integers(200, 600))))
+    multi = [it.index for it in items if len(rles[it.index]) > 1]
+    return {"n_train": len(items), "n_test": 0, "n_rle_rows": len(lines) - 1,
+            "n_multi_annotation": len(multi), "transfer_syntax": dicom.JPEG_BASELINE,
+            "jpeg_quality": dicom.JPEG_QUALITY}
 
 
 def _pool(workers: int, args: tuple):
