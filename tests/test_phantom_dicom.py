@@ -205,3 +205,14 @@ def test_tests_use_the_packages_dicom_encoder():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dicom.jpeg_bytes(np.zeros((8, 8), np.uint8))[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.slow
+def test_smoke_training_runs_on_the_dicom_phantom(tmp_path, pneumo_env):
+    data = phantom.write_phantom(tmp_path / "dcm", 32, 64, workers=1, progress=False,
+                                 layout="siim-dicom", junk=1)
+    out = tmp_path / "run"
+    run_pneumo(["train", "--scenario", "random", "--profile", "smoke", "--data", str(data),
+                "--out", str(out), "--set", "image_size=32"], pneumo_env, timeout=300)
+    info = json.loads((out / "metrics.json").read_text())["data"]
+    assert (info["kind"], info["n_images"], info["n_skipped"]) == ("siim-dicom", 32, 1)
