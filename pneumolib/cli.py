@@ -1,6 +1,7 @@
 """The ``pneumo`` command.
 
     pneumo data phantom --out DIR --n N --size S --seed K     write the built-in phantom set
+        [--layout siim-png|siim-dicom] [--junk N]             (PNG re-packaging, or the DICOM download)
     pneumo data info PATH                                     what a data folder holds
     pneumo pretrain --kind xray|mask|genesis|xray_noskip      train an autoencoder
     pneumo train --scenario NAME                              fine-tune one scenario
@@ -86,13 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data sets: the phantom, inspecting a folder")
     dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    ph = dsub.add_parser("phantom", help="write the built-in phantom set in the siim-png layout")
+    ph = dsub.add_parser("phantom", help="write the built-in phantom set in the siim-png (default) "
+                         "or siim-dicom layout")
     ph.add_argument("--out", required=True)
     ph.add_argument("--n", type=int, default=2000)
     ph.add_argument("--size", type=int, default=512)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--difficulty", type=float, default=None, help="0 = obvious; default: calibrated")
     ph.add_argument("--workers", type=int, default=None)
+    ph.add_argument("--layout", choices=["siim-png", "siim-dicom"], default="siim-png",
+                    help="siim-png (default): png_images/, png_masks/ and the stage_1 CSVs, as "
+                         "training's built-in phantom; siim-dicom: the competition download, "
+                         "dicom-images-train/<study>/<series>/<ImageId>.dcm (JPEG Baseline) and "
+                         "train-rle.csv with its quirks")
+    ph.add_argument("--junk", type=int, default=0, metavar="N",
+                    help="siim-dicom only: add N macOS '._<ImageId>.dcm' junk files beside the "
+                         "DICOMs, as real downloads have (default: 0)")
     info = dsub.add_parser("info", help="detect a folder's layout and count its images")
     info.add_argument("path")
     info.add_argument("--kind")
@@ -172,8 +182,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         kw = {} if args.difficulty is None else {"difficulty": args.difficulty}
         t0 = time.perf_counter()
         out = phantom.write_phantom(args.out, n=args.n, size=args.size, seed=args.seed,
-                                    workers=args.workers, **kw)
-        print(f"wrote {args.n} phantom images ({args.size} px) to {out} in {time.perf_counter() - t0:.1f} s")
+                                    workers=args.workers, layout=args.layout, junk=args.junk, **kw)
+        print(f"wrote {args.n} phantom images ({args.size} px) to {out} in the {args.layout} layout "
+              f"in {time.perf_counter() - t0:.1f} s")
         return 0
     from pneumolib.data import open_source
 

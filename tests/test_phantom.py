@@ -13,7 +13,7 @@ from PIL import Image
 
 from pneumolib.config import get_config
 from pneumolib.data import phantom
-from pneumolib.data.phantom import compose, knobs, writer
+from pneumolib.data.phantom import compose, jobs, knobs
 from pneumolib.errors import ConfigError, DataError
 
 NAME = re.compile(r"^(\d+)_(train|test)_([01])_\.png$")
@@ -229,5 +229,5 @@ def test_ensure_phantom_caches_by_parameters(tmp_path, monkeypatch):
 def test_png_writer_round_trips():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (37, 53), dtype=np.uint8)
-    data = writer.png_bytes(a)
+    data = jobs.png_bytes(a)
     assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), a)

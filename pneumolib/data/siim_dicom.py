@@ -22,6 +22,9 @@ Decisions:
       every record has ``has_pneumo`` 0 or 1 and ``split="train"`` (the labelled set).
     - RLE rows without a DICOM are reported by a warning with their count.
     - Mask size comes from the DICOM header (Rows, Columns), read without pixel data.
+    - A ``PHANTOM.json`` at the root (the marker of a phantom set written with
+      ``layout="siim-dicom"``) belongs to the set: it is neither junk nor a record, and it
+      counts in the fingerprint.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pneumolib.errors import DataError
 from . import imageio
 from .base import Record, Skips, Source, column_index, read_csv_table, walk_files
 from .rle import EMPTY, decode_many
+from .siim_png import PHANTOM_MARKER
 
 RLE_CSV = "train-rle.csv"
 COLUMNS = ("ImageId", "EncodedPixels")
@@ -145,8 +149,9 @@ def open_siim_dicom(root: Path, skip_bad: bool = False) -> SiimDicomSource:
     files, junk = walk_files(root)
     for p, why in junk:
         skips.junk(p, why)
+    marker = root / PHANTOM_MARKER
     for p in files:
-        if p in csvs:
+        if p in csvs or p == marker:
             continue
         if p.suffix.lower() not in imageio.DICOM_EXTS:
             skips.junk(p, "not a DICOM (.dcm) file")
@@ -182,7 +187,8 @@ def open_siim_dicom(root: Path, skip_bad: bool = False) -> SiimDicomSource:
         warnings.warn(f"{csv_path}: {len(orphans)} ImageId(s) have RLE rows but no usable DICOM "
                       f"file under {root} (e.g. {orphans[0]}); they are not used", stacklevel=3)
     skips.warn()
-    return SiimDicomSource("siim-dicom", root, records, skips.entries, [csv_path],
+    extra = [csv_path] + ([marker] if marker in files else [])
+    return SiimDicomSource("siim-dicom", root, records, skips.entries, extra,
                            rles=rles, csv_path=csv_path)
 
 

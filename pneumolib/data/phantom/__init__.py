@@ -1,4 +1,6 @@
-"""Phantom chest radiographs: the built-in data, in the real data's ``siim-png`` layout.
+"""Phantom chest radiographs: the built-in data, in the real data's ``siim-png`` layout
+(default) or the competition download's ``siim-dicom`` layout (JPEG Baseline DICOMs and
+``train-rle.csv``; :mod:`pneumolib.data.phantom.dicom`).
 
 Each image is a synthetic PA or AP chest film: soft tissue and shoulders, two lung fields
 with branching vessel markings that thin towards the periphery, posterior and anterior
@@ -24,8 +26,9 @@ API::
     render(index, seed=0, size=512, difficulty=1.0, *, positive=None, layers=False)
         -> (image uint8 (S, S), mask bool (S, S), meta dict)
     write_phantom(out, n, size, seed=0, difficulty=1.0, prevalence=0.22, workers=None,
-                  progress=True, overwrite=False) -> Path
-    ensure_phantom(cfg) -> Path      # cached under paths.cache_dir()/phantom/<key>/
+                  progress=True, overwrite=False, layout="siim-png", junk=0) -> Path
+                  # layout: "siim-png" | "siim-dicom"; junk: siim-dicom's macOS ._ files
+    ensure_phantom(cfg) -> Path      # siim-png, cached under paths.cache_dir()/phantom/<key>/
 
 A reader recognises a phantom set by its ``PHANTOM.json`` (:func:`read_marker`).
 """
@@ -33,9 +36,9 @@ A reader recognises a phantom set by its ``PHANTOM.json`` (:func:`read_marker`).
 from . import knobs
 from .compose import render
 from .knobs import PREVALENCE, VERSION
-from .writer import MARKER, cache_key, ensure_phantom, is_complete, plan, read_marker, write_phantom
+from .writer import LAYOUTS, MARKER, cache_key, ensure_phantom, is_complete, plan, read_marker, write_phantom
 
 __all__ = [
-    "MARKER", "PREVALENCE", "VERSION", "cache_key", "ensure_phantom", "is_complete", "knobs", "plan",
+    "LAYOUTS", "MARKER", "PREVALENCE", "VERSION", "cache_key", "ensure_phantom", "is_complete", "knobs", "plan",
     "read_marker", "render", "write_phantom",
 ]

@@ -1,13 +1,28 @@
-"""Write a phantom set in the ``siim-png`` layout (DATA.md section 2), atomically.
+"""Write a phantom set, atomically, in the ``siim-png`` or the ``siim-dicom`` layout.
 
-```
-<out>/
-  png_images/<k>_<train|test>_<has_pneumo>_.png   8-bit grayscale
-  png_masks/<same name>                            0 / 255
-  stage_1_train_images.csv                         new_filename,ImageId,has_pneumo
-  stage_1_test_images.csv
-  PHANTOM.json                                     the marker: parameters and version
-```
+``siim-png`` (the default; DATA.md section 2)::
+
+    <out>/
+      png_images/<k>_<train|test>_<has_pneumo>_.png   8-bit grayscale
+      png_masks/<same name>                            0 / 255
+      stage_1_train_images.csv                         new_filename,ImageId,has_pneumo
+      stage_1_test_images.csv
+      PHANTOM.json                                     the marker: parameters and version
+
+``siim-dicom`` (the original competition download; DATA.md section 3)::
+
+    <out>/
+      dicom-images-train/<study uid>/<series uid>/<ImageId>.dcm   JPEG Baseline, 8-bit
+      train-rle.csv                                               ImageId, EncodedPixels
+      PHANTOM.json
+
+with the real table's quirks: the header ``ImageId, EncodedPixels`` and every value carry
+a leading space, empty masks are ``-1``, and about 23 % of the positive images have 2 to 4
+rows whose union is the mask (about 29 % of those overlap; see
+:func:`pneumolib.data.phantom.dicom.annotation_plan`). ``junk=N`` adds N macOS ``._<ImageId>.dcm``
+files beside the DICOMs. Every image goes to ``dicom-images-train`` (the layout has no
+labelled test folder), so the plan's train/test split is not kept; labels are.
+
 Everything is written into a hidden sibling folder that is renamed into place at the end,
 so an interrupted run never leaves a set that looks complete; ``PHANTOM.json`` is written
 last, just before the rename.
@@ -16,27 +31,22 @@ last, just before the rename.
 from __future__ import annotations
 
 import csv
-import ctypes
 import json
-import multiprocessing as mp
 import os
 import shutil
-import struct
-import sys
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pneumolib import __version__, paths
 from pneumolib.errors import ConfigError, DataError
 
-from . import compose, knobs
+from . import dicom, jobs, knobs
 
 MARKER = "PHANTOM.json"
+LAYOUTS = ("siim-png", "siim-dicom")
 CSV_COLUMNS = ("new_filename", "ImageId", "has_pneumo")
 #: the layout's train/test proportion: 10,675 / 1,372 rows
 TEST_FRAC = 1372 / (10675 + 1372)
@@ -84,70 +94,6 @@ def plan(n: int, seed: int = 0, prevalence: float = knobs.PREVALENCE) -> list[It
     return items
 
 
-# -- worker side ------------------------------------------------------------------------
-_JOB: dict = {}
-
-
-def _init(folder: str, seed: int, size: int, difficulty: float, worker: bool = True) -> None:
-    if worker:
-        cv2.setNumThreads(1)        # one process per core (a no-op in forked workers)
-        _keep_buffers()
-    _JOB.update(folder=folder, seed=seed, size=size, difficulty=difficulty)
-
-
-def _keep_buffers() -> None:
-    """Let glibc recycle freed image buffers instead of returning them to the kernel.
-
-    Each render allocates a few dozen arrays of S*S floats; by default glibc maps every one
-    of them fresh from the kernel and unmaps it when freed, and the page faults cost about
-    a third of the render time. Only called in our own worker processes; a no-op where the
-    C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 << 20)     # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)    # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _work(item: tuple[int, str, bool]) -> tuple[int, float]:
-    index, name, positive = item
-    img, mask, _ = compose.render(index, _JOB["seed"], _JOB["size"], _JOB["difficulty"], positive=positive)
-    folder = _JOB["folder"]
-    for sub, arr in (("png_images", img), ("png_masks", mask.astype(np.uint8) * 255)):
-        path = os.path.join(folder, sub, name)
-        try:
-            with open(path, "wb") as fh:
-                fh.write(png_bytes(arr))
-        except OSError as e:
-            raise DataError(f"could not write {path}: {e}; check free space and permissions") from e
-    return index, float(mask.mean())
-
-
-def png_bytes(a: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of the (H, W) uint8 array ``a``.
-
-    Written by hand because it is about twice as fast as cv2's and four times PIL's at the
-    same size: every row uses PNG's "Sub" filter (difference to the left neighbour, which
-    suits smooth radiographs) and zlib's run-length strategy (fast, and smaller than
-    level 1's default on noisy images).
-    """
-    h, w = a.shape
-    raw = np.empty((h, w + 1), np.uint8)
-    raw[:, 0] = 1                                   # filter type: Sub
-    raw[:, 1] = a[:, 0]
-    np.subtract(a[:, 1:], a[:, :-1], out=raw[:, 2:])  # wraps modulo 256, as PNG wants
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)   # 8-bit, grayscale, no interlace
-    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = z.compress(raw.tobytes()) + z.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 # -- driver -----------------------------------------------------------------------------
 def read_marker(root) -> dict | None:
     """The parsed ``PHANTOM.json`` of ``root``, or None when it has none (or a broken one)."""
@@ -157,9 +103,19 @@ def read_marker(root) -> dict | None:
         return None
 
 
-def _params(n, size, seed, difficulty, prevalence) -> dict:
-    return {"n": int(n), "size": int(size), "seed": int(seed), "difficulty": float(difficulty),
-            "prevalence": float(prevalence), "version": knobs.VERSION}
+def _params(n, size, seed, difficulty, prevalence, layout="siim-png", junk=0) -> dict:
+    params = {"n": int(n), "size": int(size), "seed": int(seed), "difficulty": float(difficulty),
+              "prevalence": float(prevalence), "version": knobs.VERSION, "layout": layout}
+    if layout == "siim-dicom":
+        params["junk"] = int(junk)
+    return params
+
+
+def _count_dicoms(folder: Path) -> int:
+    n = 0
+    for _, _, names in os.walk(folder):
+        n += sum(1 for f in names if f.endswith(".dcm") and not f.startswith("."))
+    return n
 
 
 def is_complete(root, **params) -> bool:
@@ -171,14 +127,17 @@ def is_complete(root, **params) -> bool:
         return False
     root = Path(root)
     n = m.get("n", -1)
+    if m.get("layout", "siim-png") == "siim-dicom":
+        return (root / dicom.RLE_CSV).is_file() and _count_dicoms(root / dicom.DICOM_DIR) == n
     return all((root / f).is_file() for f in ("stage_1_train_images.csv", "stage_1_test_images.csv")) and all(
         sum(1 for _ in os.scandir(root / d)) == n for d in ("png_images", "png_masks"))
 
 
 def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0,
                   prevalence: float = knobs.PREVALENCE, workers: int | None = None,
-                  progress: bool = True, overwrite: bool = False) -> Path:
-    """Render ``n`` phantom radiographs of ``size`` px into ``out`` in the ``siim-png`` layout.
+                  progress: bool = True, overwrite: bool = False, layout: str = "siim-png",
+                  junk: int = 0) -> Path:
+    """Render ``n`` phantom radiographs of ``size`` px into ``out`` in a SIIM layout.
 
     Args:
         out: target folder; created (its parent too). If it already holds a complete
@@ -192,6 +151,14 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
         progress: show a tqdm bar.
         overwrite: replace an existing phantom set with other parameters (a folder that
             is not a phantom set is never deleted).
+        layout: ``"siim-png"`` (default: the Kaggle PNG re-packaging, what training's
+            :func:`ensure_phantom` writes) or ``"siim-dicom"`` (the competition download:
+            nested JPEG Baseline DICOMs and ``train-rle.csv`` with its quirks; see the
+            module docstring). Same labels, ImageIds and pixels (up to JPEG error) in both.
+        junk: ``siim-dicom`` only: number of macOS ``._<ImageId>.dcm`` files (a few
+            hundred bytes each) to put beside the DICOMs, for exercising a reader's junk
+            skipping; 0 by default, so that opening the set is silent (a reader warns about
+            the junk it skips).
 
     Returns:
         ``out`` as an absolute Path.
@@ -200,6 +167,10 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
         ConfigError: a parameter out of range.
         DataError: ``out`` exists and is not a replaceable phantom set, or writing failed.
     """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"phantom layout={layout!r} is unknown; valid layouts: {', '.join(LAYOUTS)}")
+    if int(junk) < 0 or (int(junk) and layout != "siim-dicom"):
+        raise ConfigError(f"phantom junk={junk} must be 0, or a count >= 0 with layout='siim-dicom'")
     knobs.for_difficulty(difficulty)                                  # validates difficulty
     if int(n) < 1:
         raise ConfigError(f"phantom n={n} must be at least 1")
@@ -208,7 +179,7 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
     if not 0.0 <= float(prevalence) <= 1.0:
         raise ConfigError(f"phantom prevalence={prevalence} must lie in [0, 1]")
     n, size, seed = int(n), int(size), int(seed)
-    params = _params(n, size, seed, difficulty, prevalence)
+    params = _params(n, size, seed, difficulty, prevalence, layout, junk)
     out = Path(out).expanduser().absolute()
     if out.exists():
         if not out.is_dir():
@@ -234,30 +205,51 @@ def write_phantom(out, n: int, size: int, seed: int = 0, difficulty: float = 1.0
 def _fill(tmp: Path, params: dict, workers, progress: bool, label: str) -> None:
     from tqdm.auto import tqdm
 
-    n, size = params["n"], params["size"]
-    for d in ("png_images", "png_masks"):
-        (tmp / d).mkdir(parents=True)
+    n, size, layout = params["n"], params["size"], params["layout"]
     items = plan(n, params["seed"], params["prevalence"])
-    jobs = [(it.index, it.filename, it.positive) for it in items]
+    if layout == "siim-dicom":
+        (tmp / dicom.DICOM_DIR).mkdir(parents=True)
+        multi = dicom.annotation_plan([it.positive for it in items], params["seed"])
+        todo = [(it.index, it.positive, dicom.dicom_rel(it.image_id), it.image_id,
+                 *multi.get(it.index, (1, False))) for it in items]
+    else:
+        for d in ("png_images", "png_masks"):
+            (tmp / d).mkdir(parents=True)
+        todo = [(it.index, it.filename, it.positive) for it in items]
     if workers is None:
         workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         workers = 1 if n < 16 else workers
     workers = max(1, min(int(workers), n))
-    args = (str(tmp), params["seed"], size, params["difficulty"])
+    args = (str(tmp), params["seed"], size, params["difficulty"], layout)
     bar = tqdm(total=n, desc=f"phantom {label}", unit="img", disable=not progress)
+    results: dict[int, object] = {}
     try:
         if workers == 1:
-            _init(*args, worker=False)
-            for job in jobs:
-                _work(job)
+            jobs.init_job(*args, worker=False)
+            for job in todo:
+                i, res = jobs.work(job)
+                results[i] = res
                 bar.update()
         else:
             chunk = max(1, min(16, n // (workers * 8)))
-            with _pool(workers, args) as pool:
-                for _ in pool.imap_unordered(_work, jobs, chunksize=chunk):
+            with jobs.pool(workers, args) as pool:
+                for i, res in pool.imap_unordered(jobs.work, todo, chunksize=chunk):
+                    results[i] = res
                     bar.update()
     finally:
         bar.close()
+    marker = {"kind": "phantom", "generator": "pneumolib.data.phantom", **params,
+              "n_train": sum(it.split == "train" for it in items),
+              "n_test": sum(it.split == "test" for it in items),
+              "n_positive": sum(it.positive for it in items), "pneumolib_version": __version__}
+    if layout == "siim-dicom":
+        marker.update(dicom.finish_dicom(tmp, items, results, params))
+    else:
+        _write_png_csvs(tmp, items)
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _write_png_csvs(tmp: Path, items: list[Item]) -> None:
     for split in ("train", "test"):
         with open(tmp / f"stage_1_{split}_images.csv", "w", newline="") as fh:
             w = csv.writer(fh)
@@ -265,30 +257,6 @@ def _fill(tmp: Path, params: dict, workers, progress: bool, label: str) -> None:
             for it in items:
                 if it.split == split:
                     w.writerow((it.filename, it.image_id, int(it.positive)))
-    marker = {"kind": "phantom", "layout": "siim-png", "generator": "pneumolib.data.phantom", **params,
-              "n_train": sum(it.split == "train" for it in items),
-              "n_test": sum(it.split == "test" for it in items),
-              "n_positive": sum(it.positive for it in items), "pneumolib_version": __version__}
-    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-
-
-def _pool(workers: int, args: tuple):
-    """A process pool whose workers start with cv2 single-threaded.
-
-    On Linux the workers are forked (fast, and safe in scripts without a ``__main__``
-    guard), with cv2's thread pool switched off in this process while they start: a child
-    forked while that pool is live inherits it half-dead and hangs on its first blur.
-    Elsewhere they are spawned (the caller's script then needs the usual
-    ``if __name__ == "__main__":`` guard).
-    """
-    if sys.platform.startswith("linux"):
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            return mp.get_context("fork").Pool(workers, initializer=_init, initargs=args)
-        finally:
-            cv2.setNumThreads(threads)
-    return mp.get_context("spawn").Pool(workers, initializer=_init, initargs=args)
 
 
 def _move_into_place(tmp: Path, out: Path, params: dict) -> None:
