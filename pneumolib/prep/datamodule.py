@@ -40,6 +40,7 @@ from .augment import normalization_stats
 from .cache import ImageCache, build_cache
 from .items import materialize
 from .loading import PneumoLoader, SplitDataset, collate_batch, tune_malloc
+from .samplers import EvalSampler, TrainSampler
 from .splits import SPLITS, leakage, load_or_make_split, split_table, table_hash
 from .transforms import train_transform
 
@@ -207,6 +208,7 @@ class PneumoDataModule(pl.LightningDataModule):
             name: SplitDataset(
                 self.items_folder, rows[name], m, s, self.mean, self.std,
                 transform=train_transform(self.cfg) if name == "train" else None,
+                aug_seed=self.cfg.seed,
             )
             for name in SPLITS
         }
@@ -231,23 +233,24 @@ class PneumoDataModule(pl.LightningDataModule):
         self._require_setup()
         nw = int(self.cfg.num_workers)
         tune_malloc()  # this process converts the batches to float (see tune_malloc)
-        generator = None
-        if shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(int(self.cfg.seed))
+        ds = self.datasets[name]
+        # the order is a function of (seed, epoch) and each process takes its share, so a
+        # resumed run repeats the batches it would have seen (pneumolib.prep.samplers)
+        sampler = TrainSampler(len(ds), seed=self.cfg.seed) if shuffle else EvalSampler(len(ds))
         return PneumoLoader(
-            self.datasets[name].deferred(),
+            ds.deferred(),
             batch_size=int(self.cfg.batch_size),
-            shuffle=shuffle,
+            sampler=sampler,
             # training drops the ragged last batch: a batch of one item breaks batch norm
             # (ResNet's 1x1 deepest map at small sizes) and each epoch reshuffles anyway
-            drop_last=shuffle and len(self.datasets[name]) > int(self.cfg.batch_size),
+            drop_last=shuffle and len(ds) > int(self.cfg.batch_size),
             num_workers=nw,
             collate_fn=collate_batch,
-            pin_memory=torch.cuda.is_available(),
+            # device_count() asks NVML, not the CUDA runtime: loaders built in a notebook
+            # kernel leave CUDA uninitialised for the processes that train
+            pin_memory=torch.cuda.device_count() > 0,
             persistent_workers=nw > 0,
             worker_init_fn=worker_init_fn,
-            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -118,8 +118,9 @@ class SplitDataset(Dataset):
     """
 
     def __init__(self, folder: Path, rows: np.ndarray, m: int, size: int, mean: float,
-                 std: float, transform: Any = None):
+                 std: float, transform: Any = None, aug_seed: int = 0):
         self.folder = Path(folder)
+        self.aug_seed = int(aug_seed)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.m, self.size = int(m), int(size)
         self.mean, self.std = float(mean), float(std)
@@ -163,8 +164,17 @@ class SplitDataset(Dataset):
         view.defer = True
         return view
 
-    def _read(self, rows: np.ndarray, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 ``(B, 1, S, S)`` images and masks of ``rows``, augmented if a transform is set."""
+    def item_seed(self, epoch: int, row: int) -> int:
+        """The online augmentation's seed for split-table row ``row`` in ``epoch``: a function
+        of ``(aug_seed, epoch, row)`` only, so a resumed run, another worker count or another
+        process count augments every item exactly as the uninterrupted run did."""
+        return int(np.random.SeedSequence([self.aug_seed & 0xFFFFFFFF, 0xA06, int(epoch), int(row)])
+                   .generate_state(1)[0])
+
+    def _read(self, rows: np.ndarray, shared: bool, epochs: np.ndarray | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 ``(B, 1, S, S)`` images and masks of ``rows``, augmented if a transform is set
+        (seeded per item from ``epochs`` when given, see :meth:`item_seed`)."""
         images, masks = self._arrays()
         shape = (rows.size, 1, self.size, self.size)
         img = _empty(shape, shared, torch.uint8)
@@ -175,6 +185,8 @@ class SplitDataset(Dataset):
             mv[j] = masks[r]
         if self.transform is not None:
             for j in range(rows.size):
+                if epochs is not None:
+                    self.reseed(self.item_seed(int(epochs[j]), int(rows[j])))
                 out = self.transform(image=iv[j], mask=mv[j])
                 iv[j] = out["image"]
                 mv[j] = out["mask"]
@@ -205,9 +217,17 @@ class SplitDataset(Dataset):
         out = self.finish_batch(self.__getitems__([int(k)]))
         return {"image": out["image"][0], "mask": out["mask"][0], "index": out["index"][0]}
 
-    def __getitems__(self, ks: list[int]) -> dict[str, torch.Tensor]:
-        rows = np.sort(self.rows[np.asarray(ks, dtype=np.int64)])
+    def __getitems__(self, ks: list[int] | list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """One batch. ``ks``: positions in this split, or ``(position, epoch)`` pairs (from
+        :class:`~pneumolib.prep.samplers.TrainSampler`), which seed each item's augmentation."""
+        ks = np.asarray(ks, dtype=np.int64)
+        epochs = None
+        if ks.ndim == 2:
+            ks, epochs = ks[:, 0], ks[:, 1]
+        order = np.argsort(self.rows[ks], kind="stable")  # read the memmap in disk order
+        rows = self.rows[ks][order]
+        epochs = None if epochs is None else epochs[order]
         shared = torch.utils.data.get_worker_info() is not None
-        img, msk = self._read(rows, shared)
+        img, msk = self._read(rows, shared, epochs)
         batch = {"image": img, "mask": msk, "index": torch.from_numpy(rows)}
         return batch if self.defer else self._to_float(batch, shared)

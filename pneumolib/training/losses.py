@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: Smoothing of the soft Dice term (added to numerator and denominator).
+DICE_EPS = 1.0
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -> torch.Tensor:
     """1 - soft Dice over the whole batch. logits, target: (B, 1, H, W); target in {0, 1}."""
     prob = torch.sigmoid(logits.float())
     target = target.float()

@@ -33,7 +33,7 @@ from torch import nn
 from pneumolib import metrics
 from pneumolib.errors import ConfigError
 
-from .losses import bce_dice_loss
+from .losses import DICE_EPS, bce_dice_loss
 
 TASKS = ("seg", "ae_xray", "ae_mask", "ae_genesis", "ae_xray_noskip")
 
@@ -100,6 +100,9 @@ class PneumoModule(pl.LightningModule):
         self._eval: dict[int, dict[str, list[torch.Tensor]]] = {}
         self.epoch_record: dict[str, Any] = {}
         self.eval_results: dict[str, dict[str, Any]] = {}
+        #: set by :func:`pneumolib.training.trainer.evaluate_module` for autoencoders: also
+        #: measure the copy-through trap (``_copy_through_terms``) in the evaluation pass
+        self.measure_copy_through = False
         self._epoch_t0 = time.perf_counter()
 
     # frozen encoders keep their batch-norm statistics fixed in training mode too
@@ -185,31 +188,55 @@ class PneumoModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._eval = {}
 
+    @torch.no_grad()
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, target = self._inputs(batch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out, cls = self._split(self.model(x))
-        n = x.shape[0]
-        # epoch loss = mean of batch losses weighted by batch size (the training loss's own
-        # definition; the batch Dice term is not a per-item quantity)
-        if self.task == "seg":
-            loss_sum = self._loss(out, target, cls).detach().double() * n
-        else:
-            loss_sum = F.mse_loss(out.float(), target.float(), reduction="sum").detach().double() / out[0].numel()
-        store = self._eval.setdefault(dataloader_idx, {"loss": [], "index": [], "counts": [], "score": [],
-                                                       "pixel_max": [], "se": []})
-        store["loss"].append(torch.stack([loss_sum, torch.tensor(float(n), dtype=torch.float64, device=out.device)]))
+        store = self._eval.setdefault(dataloader_idx, {k: [] for k in ("index", "terms", "counts", "score",
+                                                                       "pixel_max", "copy")})
         store["index"].append(batch["index"].long())
+        store["pixels"] = int(out[0].numel())
+        # Per-item sums in float64, additive across batches and processes: the epoch loss
+        # is computed from their totals (on_validation_epoch_end), so it does not depend on
+        # the batch size or the process count.
+        o, t = out.double(), target.double()
         if self.task == "seg":
-            prob = torch.sigmoid(out.float())
-            store["counts"].append(metrics.per_image_counts_torch(prob > self.threshold, target > 0.5))
-            pixel_max = prob.flatten(1).amax(1)
+            prob = torch.sigmoid(o)
+            terms = [F.binary_cross_entropy_with_logits(o, t, reduction="none").flatten(1).sum(1),
+                     (prob * t).flatten(1).sum(1), prob.flatten(1).sum(1), t.flatten(1).sum(1)]
+            if cls is not None:
+                has = (t.flatten(1).amax(1) > 0.5).double()
+                terms.append(F.binary_cross_entropy_with_logits(cls.double().reshape(-1), has, reduction="none"))
+            store["terms"].append(torch.stack(terms, 1))
+            prob32 = torch.sigmoid(out.float())  # the metrics threshold float32, as inference does
+            store["counts"].append(metrics.per_image_counts_torch(prob32 > self.threshold, target > 0.5))
+            pixel_max = prob32.flatten(1).amax(1)
             store["pixel_max"].append(pixel_max)
             store["score"].append(pixel_max if cls is None else torch.sigmoid(cls.float().reshape(-1)))
             store["has_cls"] = cls is not None
         else:
-            store["se"].append(((out.float() - target.float()) ** 2).flatten(1).mean(1))
+            se = ((o - t) ** 2).flatten(1).mean(1)
+            store["terms"].append(se[:, None])
+            if self.measure_copy_through:
+                store["copy"].append(self.copy_through_terms(x, t, se))
+
+    def copy_through_terms(self, x: torch.Tensor, target: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
+        """``(B, 6)`` float64 per item for the copy-through measurement
+        (:func:`pneumolib.training.runs.copy_through_summary`): the MSE ``se`` of the normal
+        pass, the MSE with the top skip zeroed (skips the model already zeroes stay zeroed),
+        the sum and the sum of squares of the target (for the error of predicting the split's
+        mean), the MSE of returning the input unchanged (meaningful for ``ae_genesis``, whose
+        input is the distorted X-ray) and the pixels per item."""
+        own = tuple(sorted(getattr(self.model, "zero_skips", ()) or ()))
+        top = tuple(sorted(set(own) | {0}))
+        t = target.double()
+        zeroed = self.model(x, zero_skips=top).double()
+        flat = t.flatten(1)
+        cols = [se, ((zeroed - t) ** 2).flatten(1).mean(1), flat.sum(1), (flat ** 2).sum(1),
+                ((x.double() - t) ** 2).flatten(1).mean(1), torch.full_like(se, float(flat.shape[1]))]
+        return torch.stack(cols, 1)
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -217,19 +244,37 @@ class PneumoModule(pl.LightningModule):
             return g.reshape(-1, *t.shape[1:])
         return t
 
+    def _split_loss(self, terms: np.ndarray, pixels: int) -> float:
+        """The epoch loss of a split from its per-item sums (padded duplicates dropped).
+
+        ``seg``: BCE over every pixel of the split plus 1 - soft Dice with intersections and
+        areas summed over the split (the training loss's two terms, taken over the whole
+        split at once instead of per batch), plus ``cls_weight`` x the mean image-level BCE
+        for models with a head. Autoencoders: the mean squared error over the split."""
+        if terms.shape[0] == 0:
+            return math.nan
+        if self.task != "seg":
+            return float(terms[:, 0].mean())
+        tot = terms.sum(0)
+        loss = tot[0] / (terms.shape[0] * pixels) + 1.0 - (2.0 * tot[1] + DICE_EPS) / (tot[2] + tot[3] + DICE_EPS)
+        if terms.shape[1] > 4:
+            loss += self.cls_weight * tot[4] / terms.shape[0]
+        return float(loss)
+
     def on_validation_epoch_end(self) -> None:
         names = {0: "val", 1: "test"}
         results: dict[str, dict[str, Any]] = {}
         for idx, store in sorted(self._eval.items()):
             prefix = names.get(idx, f"eval{idx}")
             index = self._gather(torch.cat(store["index"])).cpu().numpy()
+            keep = metrics.dedup_gathered(index)
+            index = index[keep]
+            terms = self._gather(torch.cat(store["terms"])).cpu().numpy()[keep]
             res: dict[str, Any] = {}
             if self.task == "seg":
-                counts = self._gather(torch.cat(store["counts"])).cpu().numpy()
-                score = self._gather(torch.cat(store["score"])).cpu().numpy()
-                pixel_max = self._gather(torch.cat(store["pixel_max"])).cpu().numpy()
-                keep = metrics.dedup_gathered(index)
-                index, counts, score, pixel_max = index[keep], counts[keep], score[keep], pixel_max[keep]
+                counts = self._gather(torch.cat(store["counts"])).cpu().numpy()[keep]
+                score = self._gather(torch.cat(store["score"])).cpu().numpy()[keep]
+                pixel_max = self._gather(torch.cat(store["pixel_max"])).cpu().numpy()[keep]
                 labels = (counts[:, 2] > 0).astype(int)
                 res = metrics.summarize(counts, scores=score, labels=labels)
                 if store.get("has_cls"):  # an image-level head gave the scores
@@ -238,11 +283,11 @@ class PneumoModule(pl.LightningModule):
                     "index": index, "intersection": counts[:, 0], "pred_area": counts[:, 1],
                     "true_area": counts[:, 2], "score": score, "pixel_max": pixel_max})
             else:
-                se = self._gather(torch.cat(store["se"])).cpu().numpy()
-                keep = metrics.dedup_gathered(index)
-                res = {"mse": float(np.mean(se[keep])) if keep.size else math.nan, "n_images": int(keep.size)}
-            loss = self._gather(torch.stack(store["loss"]).sum(0, keepdim=True)).sum(0)
-            res["loss"] = float(loss[0] / loss[1]) if float(loss[1]) else math.nan
+                res = {"mse": float(terms[:, 0].mean()) if keep.size else math.nan, "n_images": int(keep.size),
+                       "_per_image": pd.DataFrame({"index": index, "mse": terms[:, 0]})}
+                if store["copy"]:
+                    res["_copy_through"] = self._gather(torch.cat(store["copy"])).cpu().numpy()[keep]
+            res["loss"] = self._split_loss(terms, store.get("pixels", 1))
             results[prefix] = res
             self.log(f"{prefix}_loss", res["loss"], prog_bar=(prefix == "val"), sync_dist=False,
                      add_dataloader_idx=False)

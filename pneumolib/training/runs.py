@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pneumolib import paths, runio
+from pneumolib import paths
 from pneumolib.config import Config
 from pneumolib.errors import ConfigError, WeightsError
 
-from .module import CLS_WEIGHT, EVAL_PRETEXT_SEED
+from .module import CLS_WEIGHT
 from .trainer import fit, run_dir
 
 #: ``pneumo pretrain --kind`` -> task name, which is also the run folder's name.
@@ -47,9 +47,9 @@ def pretrain(cfg: Config, kind: str, out: Path | str | None = None, resume: bool
     clean X-ray from its Models Genesis distortion, skips on; folder ``ae_genesis``),
     ``xray_noskip`` (reconstruct the X-ray with every skip zeroed; ``ae_xray_noskip``).
 
-    Also measures the copy-through trap: the test reconstruction error with the top skip
-    connection zeroed, next to the normal one (recorded in ``metrics.json``; see
-    :func:`copy_through`).
+    The final evaluation pass also measures the copy-through trap on the test split, on the
+    training device: the reconstruction error with the top skip connection zeroed, next to
+    the normal one (``metrics.json`` ``copy_through``; :func:`copy_through_summary`).
     """
     from pneumolib.models.unet import ALL_SKIPS, UNet
     from pneumolib.prep.datamodule import PneumoDataModule
@@ -61,56 +61,61 @@ def pretrain(cfg: Config, kind: str, out: Path | str | None = None, resume: bool
     _start(cfg)
     model = UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm,
                  zero_skips=ALL_SKIPS if kind == "xray_noskip" else ())
-    dm = PneumoDataModule(cfg)
-    summary = fit(cfg, model, task, out_dir, cfg.ae_max_epochs, datamodule=dm, resume=resume)
-    if summary:
-        summary["copy_through"] = copy_through(model, dm, task)
-        runio.atomic_write_json(out_dir / "metrics.json", summary)
-    return summary
+    return fit(cfg, model, task, out_dir, cfg.ae_max_epochs, datamodule=PneumoDataModule(cfg), resume=resume)
 
 
-@torch.no_grad()
-def copy_through(model: nn.Module, dm: Any, task: str, max_batches: int = 50) -> dict[str, float]:
-    """Test MSE of an autoencoder with and without its top skip connection zeroed.
+def copy_through_summary(terms: np.ndarray, task: str, model: nn.Module) -> dict[str, Any]:
+    """The copy-through measurement of an autoencoder from per-item terms.
 
     A U-Net autoencoder can copy its input through the highest-resolution skip and learn
     little in its deep layers. If zeroing that skip barely raises the error, the deep path
     carries the reconstruction; a large ratio means the network mostly copies.
 
-    Per task: the input is the mask (``ae_mask``), the X-ray, or for ``ae_genesis`` the
-    distorted X-ray (the per-item distortion of validation) with the clean X-ray as target;
-    the extra key ``mse_input_as_output`` is then the error of returning the distorted input
-    unchanged. Skips the model already zeroes (``model.zero_skips``; every level for
-    ``ae_xray_noskip``) stay zeroed in both passes, so for the no-skip autoencoder the two
-    errors are the same (ratio 1: nothing to copy through).
-    """
-    model = model.eval()
-    own = tuple(sorted(getattr(model, "zero_skips", ()) or ()))
-    top = tuple(sorted(set(own) | {0}))
-    sums = {"mse": 0.0, "mse_top_skip_zeroed": 0.0, "mse_identity_baseline": 0.0}
-    if task == "ae_genesis":
-        from pneumolib.models.pretext import genesis_distort_items, item_seeds
+    Args:
+        terms: ``(N, 6)`` rows of :meth:`~pneumolib.training.module.PneumoModule.copy_through_terms`
+            over the test split (gathered across processes, duplicates dropped): computed in
+            the final evaluation pass on the training device.
+        task: the autoencoder's task (``ae_genesis`` adds ``mse_input_as_output``).
+        model: the network (its own ``zero_skips`` are reported).
 
-        sums["mse_input_as_output"] = 0.0
-    n = 0
-    for b, batch in enumerate(dm.test_dataloader()):
-        if b >= max_batches:
-            break
-        target = batch["mask"] if task == "ae_mask" else batch["image"]
-        x = target
-        if task == "ae_genesis":
-            x = genesis_distort_items(target, item_seeds(batch["index"], EVAL_PRETEXT_SEED))
-            sums["mse_input_as_output"] += float(F.mse_loss(x, target, reduction="sum"))
-        sums["mse"] += float(F.mse_loss(model(x), target, reduction="sum"))
-        sums["mse_top_skip_zeroed"] += float(F.mse_loss(model(x, zero_skips=top), target, reduction="sum"))
-        sums["mse_identity_baseline"] += float(F.mse_loss(torch.zeros_like(target) + target.mean(), target,
-                                                          reduction="sum"))
-        n += target.numel()
-    out: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
+    Returns:
+        ``mse`` (test MSE), ``mse_top_skip_zeroed``, ``ratio_zeroed_over_normal``,
+        ``mse_identity_baseline`` (predicting the test split's mean value everywhere), for
+        ``ae_genesis`` ``mse_input_as_output`` (returning the distorted input unchanged),
+        ``n_images``, and ``model_zero_skips`` when the model zeroes skips itself (for the
+        no-skip autoencoder both errors are the same: ratio 1, nothing to copy through).
+    """
+    terms = np.asarray(terms, dtype=np.float64)
+    n_pix = float(terms[:, 5].sum())
+    mean = terms[:, 2].sum() / n_pix
+    out: dict[str, Any] = {"mse": float(terms[:, 0].mean()), "mse_top_skip_zeroed": float(terms[:, 1].mean()),
+                           "mse_identity_baseline": float(terms[:, 3].sum() / n_pix - mean ** 2),
+                           "n_images": int(terms.shape[0])}
+    if task == "ae_genesis":
+        out["mse_input_as_output"] = float(terms[:, 4].mean())
     out["ratio_zeroed_over_normal"] = out["mse_top_skip_zeroed"] / max(out["mse"], 1e-12)
+    own = tuple(sorted(getattr(model, "zero_skips", ()) or ()))
     if own:
         out["model_zero_skips"] = list(own)
     return out
+
+
+@torch.no_grad()
+def copy_through(model: nn.Module, batches: Any, task: str) -> dict[str, Any]:
+    """:func:`copy_through_summary` of ``model`` over ``batches`` (an iterable of batch dicts,
+    or anything with a ``test_dataloader()``), in this process on the model's device:
+    the same per-item terms as the evaluation pass of training, without a Trainer."""
+    from .module import PneumoModule
+
+    module = PneumoModule(model, task=task).eval()
+    loader = batches.test_dataloader() if hasattr(batches, "test_dataloader") else batches
+    rows = []
+    for batch in loader:
+        x, target = module._inputs(batch)
+        out = model(x).double()
+        se = ((out - target.double()) ** 2).flatten(1).mean(1)
+        rows.append(module.copy_through_terms(x, target, se).cpu().numpy())
+    return copy_through_summary(np.concatenate(rows), task, model)
 
 
 def train_scenario(cfg: Config, scenario: str, out: Path | str | None = None,

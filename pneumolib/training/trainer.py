@@ -126,10 +126,8 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
     runio.atomic_write_text(out_dir / "config.json", cfg.to_json() + "\n")
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val_loss", mode="min",
                                  save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks = [
-        EarlyStopping(monitor="val_loss", mode="min", min_delta=cfg.min_delta, patience=cfg.patience),
-        checkpoint, EpochCSV(out_dir / "epochs.csv"),
-    ]
+    early = EarlyStopping(monitor="val_loss", mode="min", min_delta=cfg.min_delta, patience=cfg.patience)
+    callbacks = [early, checkpoint, EpochCSV(out_dir / "epochs.csv")]
     trainer = make_trainer(cfg, out_dir, max_epochs, callbacks)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.eval_dataloaders(),
@@ -139,7 +137,7 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
     # evaluate the best checkpoint once more on val and test (the numbers of Table 4)
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
-    results = evaluate_module(cfg, module, dm, out_dir)
+    results = evaluate_module(cfg, module, dm, out_dir, copy_through=task != "seg")
     if not trainer.is_global_zero:
         return {}
     epochs = pd.read_csv(out_dir / "epochs.csv") if (out_dir / "epochs.csv").exists() else pd.DataFrame()
@@ -149,30 +147,60 @@ def fit(cfg: Config, model: nn.Module, task: str, out_dir: Path, max_epochs: int
         "name": out_dir.name, "task": task,
         "best_checkpoint": str(Path(best).relative_to(out_dir)) if Path(best).is_relative_to(out_dir) else best,
         "best_epoch": int(epochs.loc[epochs["val_loss"].idxmin(), "epoch"]) if len(epochs) else None,
-        "epochs_run": int(len(epochs)), "stopped_early": bool(trainer.current_epoch + 1 < max_epochs and len(epochs) < max_epochs),
+        "epochs_run": int(len(epochs)),
+        # the callback's own state (restored on --resume): it fired, even at the last epoch
+        "stopped_early": bool(early.stopped_epoch > 0 or early.wait_count >= early.patience),
+        "early_stopping": {"stopped_epoch": int(early.stopped_epoch), "wait_count": int(early.wait_count),
+                           "patience": int(early.patience), "min_delta": float(abs(early.min_delta))},
+        "batch_size": {"per_process": int(cfg.batch_size), "processes": int(trainer.world_size),
+                       "effective": int(cfg.batch_size) * int(trainer.world_size)},
         "fit_seconds": round(fit_s, 2), "val": results.get("val", {}), "test": results.get("test", {}),
         "data": {**getattr(dm, "source_info", {}), "protocol": cfg.protocol, "mean": getattr(dm, "mean", None),
                  "std": getattr(dm, "std", None),
                  "n_items": {s: int((dm.split["split"] == s).sum()) for s in ("train", "val", "test")}},
         "provenance": runio.provenance(cfg),
     }
+    if "test_dice" in epochs.columns and epochs["test_dice"].notna().any():
+        # what the paper most likely reported: the peak of its per-epoch test curve (chosen
+        # on test, so not an honest estimate; Table 4 shows it beside the best-val checkpoint)
+        i = epochs["test_dice"].idxmax()
+        summary["test_peak"] = {"dice_pooled": float(epochs.loc[i, "test_dice"]),
+                                "iou_pooled": float(epochs.loc[i, "test_iou"]), "epoch": int(epochs.loc[i, "epoch"])}
+    if "copy_through" in results:
+        summary["copy_through"] = results.pop("copy_through")
     if extra:
         summary.update(extra)
     runio.atomic_write_json(out_dir / "metrics.json", summary)
     return summary
 
 
-def evaluate_module(cfg: Config, module: PneumoModule, dm: Any, out_dir: Path | None = None) -> dict[str, Any]:
-    """Run ``module`` on [val, test] with a fresh Trainer; write per-image rows if ``out_dir``."""
+def evaluate_module(cfg: Config, module: PneumoModule, dm: Any, out_dir: Path | None = None,
+                    copy_through: bool = False) -> dict[str, Any]:
+    """Run ``module`` on [val, test] with a fresh Trainer on the run's own devices.
+
+    Writes ``val_per_image.csv`` / ``test_per_image.csv`` (one row per item, padded
+    duplicates dropped) into ``out_dir`` when given. With ``copy_through`` (autoencoders),
+    the same pass also measures the copy-through trap on the test split; the result is
+    ``results["copy_through"]`` (:func:`pneumolib.training.runs.copy_through_summary`).
+    """
+    from .runs import copy_through_summary
+
+    module.measure_copy_through = bool(copy_through)
     trainer = make_trainer(cfg.replace(progress=False), out_dir or Path("."), max_epochs=1, for_eval=True)
-    trainer.validate(module, dataloaders=dm.eval_dataloaders(), verbose=False)
-    results = {}
+    try:
+        trainer.validate(module, dataloaders=dm.eval_dataloaders(), verbose=False)
+    finally:
+        module.measure_copy_through = False
+    results: dict[str, Any] = {}
     for split, res in module.eval_results.items():
         per = res.pop("_per_image", None)
+        terms = res.pop("_copy_through", None)
         if per is not None and out_dir is not None and trainer.is_global_zero:
             table = dm.split.reset_index(drop=True)
             per = per.merge(table[["item", "src", "image_id", "has_pneumo", "aug"]], left_on="index",
                             right_on="item", how="left").drop(columns=["item"])
             runio.atomic_write_csv(out_dir / f"{split}_per_image.csv", per)
+        if terms is not None and split == "test":
+            results["copy_through"] = copy_through_summary(terms, module.task, module.model)
         results[split] = {k: v for k, v in res.items() if not k.startswith("_")}
     return results
