@@ -253,6 +253,7 @@ def _compute(table: pd.DataFrame, side: int, grid: int) -> tuple[pd.DataFrame, n
             cover.append(coverage_counts(b, e, side, side, grid).astype(np.uint16))
     images = pd.DataFrame(rows, columns=["image_id", "n_rows", "n_annotations", "has_pneumo",
                                          "area_px", "overlap_px"])
+    images["image_id"] = images["image_id"].astype(str)
     images["overlap"] = images["overlap_px"] > 0
     images["area_frac"] = images["area_px"] / float(side * side)
     coverage = np.stack(cover) if cover else np.zeros((0, grid, grid), np.uint16)
@@ -300,7 +301,7 @@ def stats(path: str | os.PathLike | None = None, grid: int = GRID, use_cache: bo
             with np.load(target, allow_pickle=False) as z:
                 if str(z["sha256"]) == digest:
                     images = pd.DataFrame({c: z[f"col_{c}"] for c in _COLUMNS})
-                    images["image_id"] = images["image_id"].astype(object)
+                    images["image_id"] = images["image_id"].astype(str)
                     return AnnotationStats(images, z["coverage"], grid, SIDE, str(p), digest, 0.0)
         except (OSError, ValueError, KeyError):
             pass                                  # unreadable: recompute and replace
