@@ -42,7 +42,7 @@ def test_masks_are_nonempty_inside_the_lung_for_positives_and_empty_for_negative
         assert meta["positive"] and mask.any(), i
         lung = cv2.dilate(meta["lung"].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         assert not (mask & ~lung).any(), f"image {i}: mask leaves the lung"
-        assert meta["side"] in ("left", "right") and meta["location"] in ("apical", "apicolateral", "lateral")
+        assert meta["side"] in ("left", "right") and meta["location"] in ("apical", "apicolateral", "lateral", "basal")
         _, neg, meta = phantom.render(i, 0, 128, 1.0, positive=False)
         assert not neg.any() and not meta["positive"] and meta["area_frac"] == 0.0
 

@@ -142,3 +142,9 @@ def open_source(path: str | os.PathLike | Sequence[str | os.PathLike], kind: str
     if kind == "siim-dicom":
         return open_siim_dicom(root, skip_bad=skip_bad)
     return open_siim_png(root, skip_bad=skip_bad, kind=kind)
+
+
+# ``from __future__ import annotations`` bound the name ``annotations`` here; without this
+# ``from pneumolib.data import annotations`` would return that flag instead of the
+# submodule :mod:`pneumolib.data.annotations` (the real SIIM-ACR annotation statistics).
+del annotations

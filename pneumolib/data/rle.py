@@ -31,28 +31,28 @@ def _short(rle: str, n: int = 60) -> str:
     return rle if len(rle) <= n else rle[:n] + "..."
 
 
-def decode(rle: str, height: int, width: int) -> np.ndarray:
-    """Decode one competition RLE string into a mask.
+def runs(rle: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of one competition RLE string as absolute column-major intervals.
 
     Args:
-        rle: ``"start length start length ..."`` with relative starts, or ``"-1"`` (or an
-            empty string) for an empty mask. Surrounding white space is ignored.
-        height: mask height in pixels (DICOM ``Rows``).
-        width: mask width in pixels (DICOM ``Columns``).
+        rle: as for :func:`decode`.
+        height, width: mask size in pixels.
 
     Returns:
-        ``(height, width)`` bool array, True inside the runs.
+        ``(begins, ends)``, two int64 arrays of equal length (0 for an empty mask): run ``i``
+        covers the column-major flat indices ``begins[i] <= k < ends[i]`` of a ``height x
+        width`` mask (``k = column * height + row``). Runs of one string are sorted and
+        never overlap (relative starts are non-negative).
 
     Raises:
-        DataError: the string is not pairs of non-negative integers, or a run ends past
-            the last pixel of a ``height x width`` mask.
+        DataError: as :func:`decode`.
     """
     if not isinstance(rle, str):
         raise DataError(f"RLE value {rle!r} is not a string; expected 'start length ...' or '-1'")
     text = rle.strip()
-    mask = np.zeros(height * width, dtype=bool)
     if text in (EMPTY, ""):
-        return mask.reshape(height, width)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy()
     try:
         nums = np.array(text.split(), dtype=np.int64)
     except ValueError:
@@ -70,14 +70,36 @@ def decode(rle: str, height: int, width: int) -> np.ndarray:
     starts, lengths = nums[0::2], nums[1::2]
     ends = np.cumsum(starts + lengths)  # absolute end (exclusive) of each run
     begins = ends - lengths
-    if ends[-1] > mask.size:
+    if ends[-1] > height * width:
         raise DataError(
             f"RLE {_short(text)!r} runs past the end of a {height} x {width} mask (its last "
-            f"run ends at pixel {int(ends[-1])}, the mask has {mask.size}): wrong image size, "
-            "or starts that are absolute instead of relative"
+            f"run ends at pixel {int(ends[-1])}, the mask has {height * width}): wrong image "
+            "size, or starts that are absolute instead of relative"
         )
+    return begins, ends
+
+
+def decode(rle: str, height: int, width: int) -> np.ndarray:
+    """Decode one competition RLE string into a mask.
+
+    Args:
+        rle: ``"start length start length ..."`` with relative starts, or ``"-1"`` (or an
+            empty string) for an empty mask. Surrounding white space is ignored.
+        height: mask height in pixels (DICOM ``Rows``).
+        width: mask width in pixels (DICOM ``Columns``).
+
+    Returns:
+        ``(height, width)`` bool array, True inside the runs.
+
+    Raises:
+        DataError: the string is not pairs of non-negative integers, or a run ends past
+            the last pixel of a ``height x width`` mask.
+    """
+    begins, ends = runs(rle, height, width)
+    if begins.size == 0:
+        return np.zeros((height, width), dtype=bool)
     # Mark run boundaries and integrate: +1 where a run begins, -1 where it ends.
-    delta = np.zeros(mask.size + 1, dtype=np.int32)
+    delta = np.zeros(height * width + 1, dtype=np.int32)
     np.add.at(delta, begins, 1)
     np.add.at(delta, ends, -1)
     mask = np.cumsum(delta[:-1]) > 0

@@ -1,15 +1,22 @@
 """The pneumothorax: a crescent of pleural air between the chest wall and the lung edge.
 
-The pleural surface the air may collect along is the lung's outer border from just medial
-of the apex, over the apex, down the lateral wall to the costophrenic recess; ``l`` is the
-arc length along it. The crescent is the band of lung within distance ``w(l)`` of that
-surface, ``w(l) = w_max * sin(pi * t) ** q`` over a stretch of the surface (``t`` runs
-0..1 along it): thin tips, widest in the middle, parallel to the chest wall. Its inner edge
-is the retracted visceral pleura; a large one leaves the lung collapsed towards the hilum.
+The pleural surface the air may collect along is the lung's outer border from the medial
+end of the apical cap, over the apex, down the lateral wall to the costophrenic recess and
+along the diaphragm; ``l`` is the arc length along it. The lung collapses towards a point
+near its hilum (``knobs.COLLAPSE_SHIFT``): a pixel belongs to the surface point that the
+ray from that point through it meets, at a depth measured along the ray. The crescent is
+the band of lung within depth ``w(l)`` of the surface, ``w(l) = w_max * sin(pi * t) ** q``
+over a stretch of the surface (``t`` runs 0..1 along it): thin tips, deepest in the
+middle. Its inner edge is the retracted visceral pleura; a large one leaves the lung
+collapsed towards the hilum.
 
-The area is drawn first (lognormal, matching SIIM-ACR; see :mod:`.knobs`), then the
-stretch's length (longer for larger areas) and position (apical or lateral), and ``w_max``
-is adjusted until the mask's pixel area matches. One lung holds at most about 10 % of the
+The area is drawn first (lognormal, matching SIIM-ACR; see :mod:`.knobs`), then the side
+(the patient's right more often), the place (an apical cap, a lateral or a basal
+crescent: ``knobs.PTX_PLACES``), the stretch's length (longer for larger areas, shorter
+and deeper for apical caps) and its position, and ``w_max`` is adjusted until the mask's
+pixel area matches (a stretch too short to hold the area is lengthened). These placement
+knobs were calibrated against the real SIIM-ACR masks' location heat map
+(:func:`pneumolib.realism.compare_phantom`). One lung holds at most about 10 % of the
 image, so the rare draws above that (about 2 % of positives; SIIM's largest is 15 %) come
 out as a near-total collapse of about 10 %.
 """
@@ -35,63 +42,101 @@ class Crescent:
     mask: np.ndarray      # (S, S) uint8 {0, 1}, pre-projection
     line: np.ndarray      # (S, S) float32 in [0, 1]: the visceral pleural line
     side: int             # -1: image left (the patient's right lung), +1: image right
-    location: str         # apical | apicolateral | lateral
+    location: str         # apical | apicolateral | lateral | basal
     target_px: float
 
 
-def pleural_surface(p: anatomy.Patient, s: int) -> np.ndarray:
-    """(N, 2) normalised image points of the surface, from medial of the apex downwards."""
+def pleural_surface(p: anatomy.Patient, s: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The surface pleural air collects along, from the medial end of the apical cap down.
+
+    Returns:
+        ``(points, (i_apex, i_cp))``: (N, 2) normalised image points, medial apical cap ->
+        apex -> lateral wall -> costophrenic angle -> diaphragm to the cardiophrenic angle;
+        and the indices of the apex and of the costophrenic angle among them.
+    """
     o = anatomy.outline(p, s)
-    lat, dia, cap = o[:64], o[64:70], o[-8:]            # see anatomy.outline's order
-    return anatomy.to_image(p, np.concatenate([cap, lat, dia]), s)
+    lat, dia, cap = o[:64], o[64:103], o[110:]          # see anatomy.outline's order
+    pts = anatomy.to_image(p, np.concatenate([cap, lat, dia]), s)
+    return pts, (len(cap), len(cap) + len(lat) - 1)
+
+
+def _where(rng: np.random.Generator) -> str:
+    """apical, lateral or basal, with the frequencies of ``knobs.PTX_PLACES``."""
+    names = list(knobs.PTX_PLACES)
+    cum = np.cumsum([knobs.PTX_PLACES[n] for n in names])
+    return names[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(names) - 1)]
+
+
+def _place(rng: np.random.Generator, where: str, length: float, apex: float, cp: float,
+           total: float) -> float:
+    """Arc length of the crescent's middle for a place (``knobs.APICAL_*``, ``*_RANGE``)."""
+    if where == "apical":
+        return apex + rng.normal(knobs.APICAL_SHIFT, knobs.APICAL_SD) * length
+    if where == "lateral":
+        return apex + rng.uniform(*knobs.LATERAL_RANGE) * (cp - apex)
+    return cp + rng.uniform(*knobs.BASAL_RANGE) * (total - cp)
 
 
 def sample_crescent(p: anatomy.Patient, rng: np.random.Generator, area: float,
                     lung: np.ndarray) -> Crescent:
-    """A crescent of ``area`` (fraction of the pre-projection image) on one lung."""
+    """A crescent of ``area`` (fraction of the pre-projection image) on one lung.
+
+    Draws from ``rng`` (the image's pneumothorax stream only), in this order: side, place,
+    length jitter, position, taper ``q``.
+    """
     size = lung.shape[0]
-    s = int(rng.choice(anatomy.SIDES))
-    wall = pleural_surface(p, s)
+    s = -1 if rng.random() < knobs.PTX_RIGHT else 1
+    wall, (i_apex, i_cp) = pleural_surface(p, s)
     # work in the hemithorax's bounding box, in pixels
     o = anatomy.to_image(p, anatomy.outline(p, s), s)
     xa, y0 = np.floor(o.min(0) * size - 4).clip(0, size).astype(int)
     xb, y1 = np.ceil(o.max(0) * size + 4).clip(0, size).astype(int)
     box = (slice(y0, y1), slice(xa, xb))
     lung_b = lung[box] > 0.5
-    # distance to the surface, and which point of it is nearest
-    canvas = np.full(lung_b.shape, 255, np.uint8)
-    pts = draw.px(wall, size) - np.array([xa, y0]) * (1 << draw.SHIFT)
-    cv2.polylines(canvas, [pts], False, 0, 1, cv2.LINE_8, draw.SHIFT)
-    dist, lab = cv2.distanceTransformWithLabels(canvas, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    zy, zx = np.nonzero(canvas == 0)
+    # the lung collapses towards a point near the hilum: each pixel belongs to the surface
+    # point that the ray from there through it meets. lmap: that point's arc length along
+    # the surface (px); dist: how far inside the surface the pixel lies along the ray (px).
+    # The ray angle, mirrored per side, grows along the surface.
     dense = _resample(wall * size - 0.5 - np.array([xa, y0]), 0.5)
     ell = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(dense, axis=0).T))])
-    near = np.argmin((zx[:, None] - dense[None, :, 0]) ** 2 + (zy[:, None] - dense[None, :, 1]) ** 2, 1)
-    lmap = ell[near][lab - 1]                          # arc length (px) of the nearest point
     total = ell[-1]
+    hu, hy = p.side[s]["hilum"]
+    where = _where(rng)
+    hu, hy = hu + knobs.COLLAPSE_SHIFT[where][0], hy + knobs.COLLAPSE_SHIFT[where][1]
+    hub = np.array([p.x(hu, s) * size - 0.5 - xa, hy * size - 0.5 - y0])
+    ang = np.maximum.accumulate(np.unwrap(np.arctan2(dense[:, 1] - hub[1], s * (dense[:, 0] - hub[0]))))
+    radius = np.hypot(dense[:, 0] - hub[0], dense[:, 1] - hub[1])
+    gy, gx = np.mgrid[0:lung_b.shape[0], 0:lung_b.shape[1]]
+    theta = np.arctan2(gy - hub[1], s * (gx - hub[0]))
+    theta = np.where(theta < ang[0], theta + 2 * np.pi, theta)
+    lmap = np.interp(theta, ang, ell, left=-1e9, right=1e9)
+    dist = np.maximum(np.interp(theta, ang, radius) - np.hypot(gx - hub[0], gy - hub[1]), 0.0)
 
-    # stretch: longer for larger pneumothoraces; apical or lateral
-    length = float(np.clip(0.1 * (area / 0.0013) ** 0.6 * rng.uniform(0.7, 1.3) * size, 12, total))
-    apex = float(ell[near][np.argmin(zy)]) if len(zy) else 0.15 * total
-    if rng.random() < 0.55:
-        mid = apex + rng.uniform(-0.05, 0.25) * length + rng.uniform(0.0, 0.06) * size
-    else:
-        mid = apex + rng.uniform(0.15, 0.75) * (total - apex)
-    mid = float(np.clip(mid, length / 2, total - length / 2))
-    q = rng.uniform(0.35, 1.0)
-    t = (lmap - (mid - length / 2)) / length
-    prof = np.where((t > 0) & (t < 1), np.sin(np.pi * np.clip(t, 0, 1)) ** q, 0.0)
+    # stretch: longer for larger pneumothoraces; apical, lateral or basal
+    length = 0.1 * (area / 0.0013) ** 0.6 * rng.uniform(0.7, 1.3) * size * knobs.PTX_LENGTH[where]
+    length = float(np.clip(length, 12, total))
+    vert = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(wall * size, axis=0).T))])
+    apex, cp = float(vert[i_apex]), float(vert[i_cp])
+    mid = _place(rng, where, length, apex, cp, total)
+    q = rng.uniform(*knobs.PTX_TAPER[where])
     target = area * size * size
-    w = max(1.5, target / (length * 0.75))
-    for _ in range(6):                                 # match the pixel area
-        got = np.count_nonzero((dist < w * prof) & lung_b)
-        if got == 0:
-            w *= 2.0
-            continue
-        w_new = w * (target / got) ** 0.9
-        if abs(w_new - w) < 0.05:
+    for _ in range(3):
+        mid = float(np.clip(mid, length / 2, total - length / 2))
+        t = (lmap - (mid - length / 2)) / length
+        prof = np.where((t > 0) & (t < 1), np.sin(np.pi * np.clip(t, 0, 1)) ** q, 0.0)
+        w = max(1.5, target / (length * 0.75))
+        for _ in range(6):                             # match the pixel area
+            got = np.count_nonzero((dist < w * prof) & lung_b)
+            if got == 0:
+                w *= 2.0
+                continue
+            w_new = w * (target / got) ** 0.9
+            if abs(w_new - w) < 0.05:
+                break
+            w = max(1.5, w_new)
+        if got >= 0.95 * target or length >= total:
             break
-        w = max(1.5, w_new)
+        length = min(total, length * 1.5)              # the stretch is full: lengthen it
     band = (dist < w * prof) & lung_b
     band = (cv2.GaussianBlur(band.astype(np.float32), (0, 0), 1.0 * size / 512 + 0.3) > 0.5) & lung_b
     if not band.any():
@@ -103,8 +148,9 @@ def sample_crescent(p: anatomy.Patient, rng: np.random.Generator, area: float,
     ring &= w * prof > 1.2
     line = np.zeros((size, size), np.float32)
     line[box] = ring
-    rel = (mid - apex) / max(total - apex, 1.0)
-    location = "apical" if rel < 0.15 else ("apicolateral" if rel < 0.4 else "lateral")
+    rel = (mid - apex) / max(cp - apex, 1.0)
+    location = ("apical" if rel < 0.15 else "apicolateral" if rel < 0.4 else "lateral" if rel <= 1.0
+                else "basal")
     return Crescent(mask, line, s, location, target)
 
 
