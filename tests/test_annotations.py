@@ -10,9 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from pneumolib import realism, rle
 from pneumolib.data import annotations as ann
+from pneumolib.data import rle
 from pneumolib.errors import DataError
+from pneumolib.reporting import realism
 
 _HAS_TABLE = importlib.util.find_spec("torchxrayvision") is not None
 needs_table = pytest.mark.skipif(not _HAS_TABLE, reason="torchxrayvision (the real RLE table) not installed")
@@ -182,7 +183,7 @@ def test_comparison_table_for_the_notebook(real):
 
 
 def test_folder_stats_reads_a_written_phantom(tmp_path):
-    from pneumolib import phantom
+    from pneumolib.data import phantom
 
     root = phantom.write_phantom(tmp_path / "ph", n=20, size=64, seed=2, workers=1, progress=False)
     areas, heat = realism.folder_stats(root)

@@ -19,8 +19,6 @@ the count; without it the first bad file raises DataError. Hidden junk (``._x.dc
 always skipped and listed.
 """
 
-from __future__ import annotations
-
 import os
 import warnings
 from collections import Counter
@@ -144,7 +142,3 @@ def open_source(path: str | os.PathLike | Sequence[str | os.PathLike], kind: str
     return open_siim_png(root, skip_bad=skip_bad, kind=kind)
 
 
-# ``from __future__ import annotations`` bound the name ``annotations`` here; without this
-# ``from pneumolib.data import annotations`` would return that flag instead of the
-# submodule :mod:`pneumolib.data.annotations` (the real SIIM-ACR annotation statistics).
-del annotations

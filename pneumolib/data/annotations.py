@@ -9,11 +9,11 @@ the real mask areas and where the masks lie can be measured anywhere. The file i
 without importing torchxrayvision (slow, pulls scikit-image).
 
 Everything is computed at the native 1024 x 1024 from the runs themselves
-(:func:`pneumolib.rle.runs`), without building a 1024^2 array per image: the union of an
+(:func:`pneumolib.data.rle.runs`), without building a 1024^2 array per image: the union of an
 image's rows is a merge of intervals, its area the merged length, and its ``G x G``
 coverage (the share of each ``1024/G``-pixel block that the mask covers, i.e. the 1024 px
 mask block-averaged) comes from the cumulative run length at the block boundaries of the
-column-major index. The result equals decoding with :func:`pneumolib.rle.decode` and
+column-major index. The result equals decoding with :func:`pneumolib.data.rle.decode` and
 block-averaging (the tests check it), about 30x faster.
 
 API::
@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import paths
-from ..errors import DataError
-from ..rle import EMPTY, runs
+from pneumolib import paths
+from pneumolib.errors import DataError
+
+from .rle import EMPTY, runs
 
 #: the table inside the torchxrayvision package folder
 TABLE = "data/siim-pneumothorax-train-rle.csv.gz"

@@ -12,7 +12,7 @@ the lungs, magnification, "AP PORTABLE"), occasional small rotation and shift.
 About 22 % carry a pneumothorax, drawn as it forms: a crescent of pleural air between the
 chest wall and the retracted lung edge (mostly an apical cap, else lateral or basal; more
 often on the patient's right, placed to match the real masks' location heat map, see
-:mod:`pneumolib.realism`), free of lung markings, darker than the lung, bounded by a thin
+:mod:`pneumolib.reporting.realism`), free of lung markings, darker than the lung, bounded by a thin
 bright visceral pleural line. The mask is the crescent. Areas follow SIIM-ACR (median about 0.8 % of the image, 5th percentile about
 0.13 %, 10 % of positives under 0.19 %; capped near 10 % by the size of one lung). Confounders that mimic a pleural line (skin folds, the
 scapula's edge, ECG leads, lines, tubes, chest drains) appear regardless of the label.

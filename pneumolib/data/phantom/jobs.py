@@ -20,7 +20,6 @@ from pneumolib.errors import DataError
 
 from . import compose, dicom
 
-
 _JOB: dict = {}
 
 

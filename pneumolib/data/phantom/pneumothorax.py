@@ -16,7 +16,7 @@ crescent: ``knobs.PTX_PLACES``), the stretch's length (longer for larger areas, 
 and deeper for apical caps) and its position, and ``w_max`` is adjusted until the mask's
 pixel area matches (a stretch too short to hold the area is lengthened). These placement
 knobs were calibrated against the real SIIM-ACR masks' location heat map
-(:func:`pneumolib.realism.compare_phantom`). One lung holds at most about 10 % of the
+(:func:`pneumolib.reporting.realism.compare_phantom`). One lung holds at most about 10 % of the
 image, so the rare draws above that (about 2 % of positives; SIIM's largest is 15 %) come
 out as a near-total collapse of about 10 %.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import anatomy, draw, knobs
+from . import anatomy, knobs
 
 
 def sample_area(rng: np.random.Generator) -> float:

@@ -2,8 +2,8 @@
 
 The real side comes from the annotation table in the torchxrayvision wheel
 (:mod:`pneumolib.data.annotations`: 2,669 positive masks decoded at 1024 x 1024). The
-phantom side is a phantom set exactly as :func:`pneumolib.phantom.write_phantom` would
-write it (same labels from :func:`pneumolib.phantom.plan`, same ``render`` calls), but only
+phantom side is a phantom set exactly as :func:`pneumolib.data.phantom.write_phantom` would
+write it (same labels from :func:`pneumolib.data.phantom.plan`, same ``render`` calls), but only
 its positives are rendered and nothing is written; or an existing phantom folder's masks.
 
 Two numbers, positives only:
@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .data import annotations as ann
-from .errors import DataError
+from pneumolib.data import annotations as ann
+from pneumolib.errors import DataError
 
 GRID = ann.GRID
 
@@ -92,7 +92,7 @@ def phantom_masks_stats(n: int = 1500, size: int = 256, seed: int = 7, difficult
                         grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
     """Areas and heat map of the positives of the phantom set ``(n, size, seed, difficulty)``.
 
-    The positives are those :func:`pneumolib.phantom.plan` assigns (``round(0.22 * n)``,
+    The positives are those :func:`pneumolib.data.phantom.plan` assigns (``round(0.22 * n)``,
     330 of 1,500) and each mask is ``render(i, seed, size, difficulty, positive=True)``'s,
     i.e. exactly the ``png_masks`` of ``write_phantom(out, n, size, seed, difficulty)``.
 
@@ -100,7 +100,7 @@ def phantom_masks_stats(n: int = 1500, size: int = 256, seed: int = 7, difficult
         ``(areas, heat)``: ``(n_positive,)`` float64 mask areas as a share of the image,
         and the ``(grid, grid)`` float64 mean coverage in [0, 1].
     """
-    from . import phantom
+    from pneumolib.data import phantom
 
     pos = [it.index for it in phantom.plan(int(n), int(seed)) if it.positive]
     areas = np.zeros(len(pos))
@@ -122,7 +122,7 @@ def folder_stats(root: str | os.PathLike, grid: int = GRID) -> tuple[np.ndarray,
     Returns:
         As :func:`phantom_masks_stats`.
     """
-    from .data import open_source
+    from pneumolib.data import open_source
 
     src = open_source(Path(root))
     areas, heat, n = [], np.zeros((grid, grid)), 0
@@ -186,7 +186,7 @@ def comparison_table(n: int = 1500, size: int = 256, seed: int = 7, difficulty: 
         [0, 1]; ``compare``: :func:`compare_phantom`'s dict.
         The phantom always has exactly one annotation per positive image.
     """
-    from . import phantom
+    from pneumolib.data import phantom
 
     real = real if real is not None else ann.stats(grid=grid)
     ra, rh = real.area_frac(), real.heatmap()
