@@ -30,7 +30,8 @@
 from pneumolib import paths, runio
 from pneumolib.config import notebook_config
 from pneumolib.reporting import eda, figures, plots, tables
-from pneumolib.training.runs import AE_KINDS, pretrain
+from pneumolib.training import launch
+from pneumolib.training.runs import AE_KINDS
 
 # %% tags=["parameters"]
 profile = "demo"  # smoke | demo | paper (pneumolib/config.py)
@@ -51,10 +52,16 @@ cfg
 # same mask. (The pretext study runs this notebook again with `genesis`: input an X-ray
 # distorted by the Models Genesis transforms, target the clean X-ray; and `xray_noskip`: the
 # X-ray autoencoder with every skip connection zeroed.)
+#
+# On one device this cell trains right here, with Lightning's progress bar. When the
+# settings ask for several processes (`devices=2`, `strategy="ddp"`, as the `paper` profile
+# does on a dual-GPU box), Lightning cannot start them from inside a notebook, so the cell
+# runs the same training as `pneumo pretrain` in a child process, shows its log here as it comes
+# and reads the results back from the run folder (`pneumolib.training.launch`).
 
 # %%
 kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
-summaries = {k: pretrain(cfg, k) for k in kind_list}
+summaries = {k: launch.pretrain(cfg, k) for k in kind_list}
 {k: s["test"] for k, s in summaries.items()}
 
 # %% [markdown]

@@ -39,7 +39,7 @@ from pneumolib import paths, runio
 from pneumolib.config import notebook_config
 from pneumolib.models import scenarios
 from pneumolib.reporting import figures, tables
-from pneumolib.training.runs import train_scenario
+from pneumolib.training import launch
 
 # %% tags=["parameters"]
 profile = "demo"  # smoke | demo | paper (pneumolib/config.py)
@@ -60,9 +60,15 @@ sc
 
 # %% [markdown]
 # ## Training
+#
+# On one device this cell trains right here, with Lightning's progress bar. When the
+# settings ask for several processes (`devices=2`, `strategy="ddp"`, as the `paper` profile
+# does on a dual-GPU box), Lightning cannot start them from inside a notebook, so the cell
+# runs the same training as `pneumo train` in a child process, shows its log here as it comes
+# and reads the results back from the run folder (`pneumolib.training.launch`).
 
 # %%
-summary = train_scenario(cfg, scenario, out=run_dir)
+summary = launch.train_scenario(cfg, scenario, out=run_dir)
 
 # %% [markdown]
 # ## Per epoch: the four panels of Figures 5-7 (read back from `epochs.csv`)

@@ -45,6 +45,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES),
                    help="settings profile (default: demo)")
     p.add_argument("--data", help="dataset folder (siim-png or siim-dicom layout); default: the built-in phantom")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from this config.json (e.g. a run folder's) instead of the profile; "
+                        "the options below still apply on top")
     p.add_argument("--out", help="run folder (default: results/<profile>/<name>/)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-epochs", type=int)
@@ -60,7 +63,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The Config for parsed ``args``: profile defaults, then named options, then --set."""
+    """The Config for parsed ``args``: the profile's (or ``--config FILE``'s) settings, then
+    named options, then --set."""
+    if getattr(args, "config", None):
+        from pneumolib.config import load_config
+
+        return load_config(args.config).replace(**overrides_from_args(args))
     return get_config(args.profile, **overrides_from_args(args))
 
 

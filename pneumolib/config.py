@@ -12,6 +12,7 @@ import dataclasses
 import json
 import types
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 
 from pneumolib.errors import ConfigError
@@ -264,6 +265,25 @@ def get_config(profile: str = "demo", **overrides: Any) -> Config:
             "built-in phantom anyway."
         )
     return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """The Config saved in a ``config.json`` (a run folder's, or one written for a child
+    process by :mod:`pneumolib.training.launch`), names and types checked.
+
+    Raises:
+        ConfigError: the file is missing, is not JSON, or holds an unknown field.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not a JSON config file ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file holds one JSON object of Config fields")
+    return Config(**coerce_overrides(data))
 
 
 # -- from the notebooks and the command line ---------------------------------------------------

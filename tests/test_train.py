@@ -75,7 +75,7 @@ def test_autoencoders_transfer_and_frozen_encoder_end_to_end(pneumo_env):
     assert any(not torch.equal(ae_state[k], tuned[k]) for k in dec), "decoder should have trained"
 
 
-def test_ddp_two_processes_give_the_same_metrics(pneumo_env, tmp_path):
+def test_ddp_two_processes_give_the_same_loss_and_metrics(pneumo_env, tmp_path):
     run_pneumo(["train", "--scenario", "random", "--profile", "smoke"], pneumo_env)
     run = _smoke_dir(pneumo_env) / "random"
     one = tmp_path / "one.json"
@@ -87,9 +87,10 @@ def test_ddp_two_processes_give_the_same_metrics(pneumo_env, tmp_path):
     r2 = json.loads(two.read_text())["results"]
     assert r1["test"]["n_images"] == r2["test"]["n_images"]
     for split in ("val", "test"):
-        for key in ("dice_pooled", "iou_pooled", "dice_per_image", "auc", "sensitivity", "specificity", "n_images"):
+        assert set(r1[split]) == set(r2[split])
+        for key in r1[split]:  # val_loss / test_loss (early stopping, the best checkpoint) too
             a, b = r1[split][key], r2[split][key]
             if isinstance(a, float) and math.isnan(a):
                 assert math.isnan(b)
             else:
-                assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (split, key, a, b)
+                assert a == pytest.approx(b, rel=0, abs=1e-6), (split, key, a, b)

@@ -13,17 +13,16 @@ from typing import Any
 import torch
 
 from pneumolib import runio
-from pneumolib.config import Config, coerce_overrides
+from pneumolib.config import Config, load_config
 from pneumolib.errors import WeightsError
 
 
 def run_config(run: Path | str, overrides: dict[str, Any] | None = None) -> Config:
     """The Config a run was trained with (``config.json``), with ``overrides`` applied."""
     run = Path(run)
-    p = run / "config.json"
-    if not p.exists():
-        raise WeightsError(f"{p} is missing: {run} is not a pneumolib run folder")
-    cfg = Config(**coerce_overrides(json.loads(p.read_text())))
+    if not (run / "config.json").exists():
+        raise WeightsError(f"{run / 'config.json'} is missing: {run} is not a pneumolib run folder")
+    cfg = load_config(run / "config.json")
     return cfg.replace(**overrides) if overrides else cfg
 
 
