@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -18,9 +19,18 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def test_killed_training_resumes_with_one_row_per_epoch(pneumo_env, tmp_path):
+def _epochs(folder: Path) -> pd.DataFrame:
+    df = pd.read_csv(folder / "epochs.csv")
+    return df.drop(columns=[c for c in df.columns if c == "time_s"])
+
+
+def test_killed_then_resumed_run_is_the_uninterrupted_run(pneumo_env, tmp_path):
+    """A SIGKILL mid-run, then --resume: epochs.csv equals the uninterrupted run's, number for
+    number (the shuffle and the augmentation follow (seed, epoch), not a generator's state)."""
     out = tmp_path / "run"
-    args = ["train", "--scenario", "random", "--profile", "smoke", "--max-epochs", "5", "--out", str(out)]
+    whole = tmp_path / "whole"
+    common = ["train", "--scenario", "random", "--profile", "smoke", "--max-epochs", "5", "--set", "patience=10"]
+    args = common + ["--out", str(out)]
     proc = subprocess.Popen(PNEUMO + args, env=pneumo_env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -38,6 +48,26 @@ def test_killed_training_resumes_with_one_row_per_epoch(pneumo_env, tmp_path):
     epochs = pd.read_csv(out / "epochs.csv")
     assert epochs["epoch"].tolist() == [0, 1, 2, 3, 4]
     assert (out / "metrics.json").exists()
+    run_pneumo(common + ["--out", str(whole)], pneumo_env)
+    pd.testing.assert_frame_equal(_epochs(out), _epochs(whole), check_exact=True)
+    a = json.loads((out / "metrics.json").read_text())
+    b = json.loads((whole / "metrics.json").read_text())
+    assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_stopped_early_comes_from_the_callback_even_at_the_last_epoch(pneumo_env, tmp_path):
+    """patience 1 and a min_delta no loss can beat: early stopping fires at epoch 1, which is
+    also max_epochs - 1; the run did stop early (the callback says so)."""
+    out = tmp_path / "es"
+    run_pneumo(["train", "--scenario", "random", "--profile", "smoke", "--max-epochs", "2", "--set", "patience=1",
+                "--set", "min_delta=100", "--out", str(out)], pneumo_env)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs_run"] == 2 and m["stopped_early"] is True
+    assert m["early_stopping"]["stopped_epoch"] == 1 and m["early_stopping"]["wait_count"] == 1
+    out2 = tmp_path / "no-es"
+    run_pneumo(["train", "--scenario", "random", "--profile", "smoke", "--max-epochs", "2", "--out", str(out2)],
+               pneumo_env)
+    assert json.loads((out2 / "metrics.json").read_text())["stopped_early"] is False
 
 
 def test_same_seed_same_metrics(pneumo_env, tmp_path):
