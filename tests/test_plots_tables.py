@@ -141,13 +141,21 @@ def test_groups_match_the_registry():
         assert (sc.SCENARIOS[name].label, sc.SCENARIOS[name].paper_dice, sc.SCENARIOS[name].paper_iou) == (label, d, i)
 
 
-def test_figure7_takes_the_best_autoencoder_scenario(runs, registry_mode):
+def test_figure7_takes_the_best_autoencoder_scenario_on_validation(runs, registry_mode):
     assert figures.best_ae_scenario(runs) == "ae_encoder_mask_decoder"
+    # the choice follows validation, never test: a test score does not move it
+    runs["ae_full"]["metrics"]["test"]["dice_pooled"] = 0.99
+    assert figures.best_ae_scenario(runs) == "ae_encoder_mask_decoder"
+    runs["ae_full"]["metrics"]["val"]["dice_pooled"] = 0.99
+    assert figures.best_ae_scenario(runs) == "ae_full"
+    assert figures.best_ae_scenario({k: r["metrics"] for k, r in runs.items()}) == "ae_full"  # metrics.json dicts
+    runs["ae_full"]["metrics"]["val"]["dice_pooled"] = runs["ae_full"]["metrics"]["test"]["dice_pooled"] = 0.2
     fig = figures.figure7(runs)
     assert [ln.get_label() for ln in _lines(fig.get_axes()[3])] == [
         PAPER["random"][0], PAPER["ae_encoder_mask_decoder"][0], PAPER["resnet50"][0]]
+    assert "chosen on validation" in fig._suptitle.get_text()
     # NaN scores are skipped; the next best wins
-    runs["ae_encoder_mask_decoder"]["metrics"]["test"]["dice_pooled"] = float("nan")
+    runs["ae_encoder_mask_decoder"]["metrics"]["val"]["dice_pooled"] = float("nan")
     assert figures.best_ae_scenario(runs) == "ae_encoder"
     assert figures.best_ae_scenario({k: runs[k] for k in ("random", "resnet50")}) is None
     assert figures.figure7_names({"random": runs["random"]}) == ("random", "resnet50")

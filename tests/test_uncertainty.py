@@ -145,6 +145,33 @@ def test_degenerate_replicates_and_sets():
     assert no_score["dice_pooled"] == full["dice_pooled"]
 
 
+def test_cluster_bootstrap_when_a_source_image_has_several_test_items():
+    """The paper protocol puts an image, its flip and its rotation into one split. With three
+    identical items per source image the naive bootstrap counts 120 independent images where
+    there are 40: its interval is visibly too narrow. Resampling source images gives exactly
+    the interval of the 40 sources themselves."""
+    sources = fake_per_image(40, seed=5, prevalence=0.4)
+    twins = pd.concat([sources.assign(aug=a) for a in ("orig", "flip", "rot")], ignore_index=True)
+    twins["index"] = np.arange(len(twins))  # distinct items, shared src
+    naive = bootstrap_ci(twins, n_boot=2000, cluster=None)
+    clustered = bootstrap_ci(twins, n_boot=2000)  # "auto": src repeats -> clusters
+    alone = bootstrap_ci(sources, n_boot=2000)
+    for m in ("dice_pooled", "dice_per_image", "sensitivity"):
+        w_naive = naive[m]["hi"] - naive[m]["lo"]
+        w_clu = clustered[m]["hi"] - clustered[m]["lo"]
+        assert w_clu > 1.4 * w_naive, (m, w_naive, w_clu)  # about sqrt(3) wider
+        assert clustered[m]["value"] == pytest.approx(naive[m]["value"])
+        assert (clustered[m]["lo"], clustered[m]["hi"]) == pytest.approx((alone[m]["lo"], alone[m]["hi"]))
+    # one item per source: "auto" is the plain bootstrap, draw for draw
+    assert uncertainty.cluster_ids(sources) is None
+    assert bootstrap_ci(sources, n_boot=300) == bootstrap_ci(sources, n_boot=300, cluster=None)
+    # seed_summary clusters the same way
+    summ = seed_summary([twins, twins], n_boot=2000)
+    assert summ["dice_pooled"]["lo"] == pytest.approx(clustered["dice_pooled"]["lo"])
+    with pytest.raises(ValueError, match="no such column"):
+        bootstrap_ci(sources, n_boot=10, cluster="patient")
+
+
 def test_bad_inputs_are_clear_errors():
     empty = fake_per_image(10).iloc[:0]
     with pytest.raises(ValueError, match="no rows"):

@@ -7,7 +7,10 @@ Every point value here is :func:`pneumolib.metrics.summarize` of those counts; n
 defines a metric anew.
 
 * :func:`bootstrap_ci`: one run. Percentile bootstrap over test images (rows resampled with
-  replacement), ``n_boot`` replicates.
+  replacement), ``n_boot`` replicates. When a split holds several items of one source image
+  (the ``paper`` protocol puts an image, its flip and its rotation side by side), the items
+  are not independent: the bootstrap then resamples **source images** (column ``src``) and
+  takes all their items (a cluster bootstrap; :func:`cluster_ids`).
 * :func:`seed_summary`: several runs (different training seeds) evaluated on the same test
   images. ``mean`` and ``sd`` (ddof=1) over seeds, and the bootstrap interval of the
   seed-mean metric, each replicate resampling the test images once and using the same
@@ -36,7 +39,10 @@ import pandas as pd
 from pneumolib import metrics
 
 __all__ = ["METRICS", "COUNT_COLUMNS", "ImageSetMismatch", "bootstrap_ci", "seed_summary", "replicates",
-           "bootstrap_indices"]
+           "bootstrap_indices", "cluster_ids"]
+
+#: The per-image column that names an item's source image (``test_per_image.csv``).
+CLUSTER_COLUMN = "src"
 
 #: The metrics given intervals, in table order. ``empty_baseline_dice_per_image`` is the
 #: Kaggle score of predicting every mask empty (the share of empty-truth images).
@@ -163,12 +169,47 @@ def _weights(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=c * n).reshape(c, n).astype(np.float64)
 
 
-def _replicate_matrix(arrays: Sequence[_Arrays], n_boot: int, seed: int) -> dict[str, np.ndarray]:
+def cluster_ids(per_image: pd.DataFrame, cluster: str | None = "auto") -> np.ndarray | None:
+    """``(N,)`` int64 cluster of each row, or None to resample rows independently.
+
+    Args:
+        cluster: ``"auto"`` clusters by :data:`CLUSTER_COLUMN` (``src``, the source image)
+            when that column exists and some source image has several rows, and otherwise
+            resamples rows (for one item per source the two are the same bootstrap); a
+            column name forces clustering by it; None never clusters.
+    """
+    if cluster is None:
+        return None
+    col = CLUSTER_COLUMN if cluster == "auto" else cluster
+    if col not in per_image.columns:
+        if cluster == "auto":
+            return None
+        raise ValueError(f"cannot cluster the bootstrap by {col!r}: no such column "
+                         f"(columns: {', '.join(map(str, per_image.columns))})")
+    ids = pd.factorize(per_image[col], sort=True)[0].astype(np.int64)
+    if cluster == "auto" and ids.max(initial=-1) + 1 == len(ids):
+        return None  # one item per source image: the plain bootstrap
+    return ids
+
+
+def _weight_chunks(n: int, n_boot: int, seed: int, clusters: np.ndarray | None) -> Iterator[np.ndarray]:
+    """``(c, n)`` weight matrices of the replicates: rows drawn with replacement, or whole
+    clusters drawn with replacement (every item of a drawn cluster, once per draw)."""
+    if clusters is None:
+        for idx in bootstrap_indices(n, n_boot, seed):
+            yield _weights(idx, n)
+        return
+    k = int(clusters.max()) + 1
+    for idx in bootstrap_indices(k, n_boot, seed):
+        yield _weights(idx, k)[:, clusters]
+
+
+def _replicate_matrix(arrays: Sequence[_Arrays], n_boot: int, seed: int,
+                      clusters: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``{metric: (n_seeds, n_boot)}``: every frame under the same resampled indices."""
     n = arrays[0].n
     parts: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    for idx in bootstrap_indices(n, n_boot, seed):
-        w = _weights(idx, n)
+    for w in _weight_chunks(n, n_boot, seed, clusters):
         stats = [_replicate_stats(a, w) for a in arrays]
         for m in METRICS:
             parts[m].append(np.stack([s[m] for s in stats]))
@@ -183,19 +224,20 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def replicates(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, min_area: int = 0) -> pd.DataFrame:
+def replicates(per_image: pd.DataFrame, n_boot: int = 1000, seed: int = 0, min_area: int = 0,
+               cluster: str | None = "auto") -> pd.DataFrame:
     """The bootstrap replicates of one run: ``n_boot`` rows, one column per metric of :data:`METRICS`.
 
     The same replicates :func:`bootstrap_ci` takes its percentiles from (same arguments).
     """
     _check_frame(per_image)
     _check_args(n_boot, 0.5)
-    rep = _replicate_matrix([_Arrays(per_image, min_area)], int(n_boot), seed)
+    rep = _replicate_matrix([_Arrays(per_image, min_area)], int(n_boot), seed, cluster_ids(per_image, cluster))
     return pd.DataFrame({m: rep[m][0] for m in METRICS})
 
 
 def bootstrap_ci(per_image: pd.DataFrame, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-                 min_area: int = 0) -> dict[str, dict[str, float]]:
+                 min_area: int = 0, cluster: str | None = "auto") -> dict[str, dict[str, float]]:
     """Point value and percentile bootstrap interval of each test metric of one run.
 
     Args:
@@ -206,6 +248,8 @@ def bootstrap_ci(per_image: pd.DataFrame, n_boot: int = 1000, level: float = 0.9
         seed: the resampling seed (same seed, same intervals).
         min_area: an image is predicted positive when ``pred_area > min_area`` (as in
             :func:`pneumolib.metrics.summarize`).
+        cluster: resample source images instead of rows when one source has several rows
+            (``"auto"``, the default; see :func:`cluster_ids`).
 
     Returns:
         ``{metric: {"value", "lo", "hi"}}`` for each of :data:`METRICS`; ``value`` is
@@ -218,7 +262,7 @@ def bootstrap_ci(per_image: pd.DataFrame, n_boot: int = 1000, level: float = 0.9
     _check_frame(per_image)
     _check_args(n_boot, level)
     a = _Arrays(per_image, min_area)
-    rep = _replicate_matrix([a], int(n_boot), seed)
+    rep = _replicate_matrix([a], int(n_boot), seed, cluster_ids(per_image, cluster))
     out = {}
     for m in METRICS:
         lo, hi = _interval(rep[m][0], level)
@@ -260,12 +304,13 @@ def _aligned(frames: Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
 
 
 def seed_summary(frames: Sequence[pd.DataFrame], n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-                 min_area: int = 0, paired: bool = True) -> dict[str, dict[str, float]]:
+                 min_area: int = 0, paired: bool = True, cluster: str | None = "auto") -> dict[str, dict[str, float]]:
     """Runs of several training seeds on the same test images: mean, sd and interval per metric.
 
     Args:
         frames: one ``test_per_image.csv`` per seed; rows are matched by ``index``.
-        n_boot, level, seed, min_area: as in :func:`bootstrap_ci`.
+        n_boot, level, seed, min_area, cluster: as in :func:`bootstrap_ci` (clusters of the
+            first frame; with ``paired`` every frame holds the same items).
         paired: True (default) requires the same test images in every frame and resamples
             them jointly (one index draw, applied to every seed). False is for runs whose
             test sets differ (a seed that also draws the split): each frame is resampled
@@ -289,12 +334,13 @@ def seed_summary(frames: Sequence[pd.DataFrame], n_boot: int = 1000, level: floa
     if paired:
         aligned = _aligned(frames)
         arrays = [_Arrays(f, min_area) for f in aligned]
-        rep = _replicate_matrix(arrays, int(n_boot), seed)
+        rep = _replicate_matrix(arrays, int(n_boot), seed, cluster_ids(aligned[0], cluster))
     else:
         for k, f in enumerate(frames):
             _check_frame(f, f"frame {k}")
         arrays = [_Arrays(f, min_area) for f in frames]
-        per = [_replicate_matrix([a], int(n_boot), seed + k) for k, a in enumerate(arrays)]
+        per = [_replicate_matrix([a], int(n_boot), seed + k, cluster_ids(f, cluster))
+               for k, (a, f) in enumerate(zip(arrays, frames))]
         rep = {m: np.concatenate([p[m] for p in per], axis=0) for m in METRICS}
     out = {}
     with warnings.catch_warnings():

@@ -42,7 +42,7 @@ FIGURE6 = ("random", "ae_encoder", "ae_encoder_mask_decoder")
 FIGURE_TITLES = {
     "figure5": "Figure 5: first group (X-ray autoencoder encoder + decoder)",
     "figure6": "Figure 6: second group (X-ray autoencoder encoder; random or mask-autoencoder decoder)",
-    "figure7": "Figure 7: final selection (random, best autoencoder scenario, ResNet-50 encoder)",
+    "figure7": "Figure 7: final selection (random, best autoencoder scenario on validation, ResNet-50 encoder)",
 }
 
 
@@ -110,20 +110,28 @@ def figure_group(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str], ti
     return fig
 
 
-def best_ae_scenario(runs: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The autoencoder scenario with the highest test ``dice_pooled`` (from ``metrics.json``).
+#: What Figure 7's "best autoencoder scenario" is chosen by: the validation split, never test.
+SELECT_BY = ("val", "dice_pooled")
 
-    Considers :data:`pneumolib.reporting.tables.AE_SCENARIOS`; NaN or missing scores are skipped;
-    ties go to the earlier name. None when no autoencoder scenario has a score.
+
+def best_ae_scenario(runs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The autoencoder scenario with the highest **validation** ``dice_pooled`` (``metrics.json``).
+
+    Chosen on validation and reported on test, like the checkpoints themselves: the test split
+    plays no part in the choice. Considers :data:`pneumolib.reporting.tables.AE_SCENARIOS`;
+    ``runs`` maps names to run dicts (``{"metrics": ...}``) or to ``metrics.json`` contents.
+    NaN or missing scores are skipped; ties go to the earlier name. None when no autoencoder
+    scenario has a validation score.
     """
+    split, metric = SELECT_BY
     best, best_score = None, -math.inf
     for name in AE_SCENARIOS:
         run = runs.get(name)
         if run is None:
             continue
-        score = (run["metrics"].get("test") or {}).get("dice_pooled")
+        m = run.get("metrics", run)
         try:
-            score = float(score)
+            score = float((m.get(split) or {}).get(metric))
         except (TypeError, ValueError):
             continue
         if not math.isnan(score) and score > best_score:
@@ -147,10 +155,10 @@ def figure6(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
 
 
 def figure7(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
-    """Figure 7: random, the best autoencoder scenario (highest test pooled Dice), ResNet-50."""
+    """Figure 7: random, the best autoencoder scenario (chosen by validation pooled Dice), ResNet-50."""
     best = best_ae_scenario(runs)
-    note = f"\nbest autoencoder scenario (highest test pooled Dice): {scenario_label(best, runs.get(best))}" if best else \
-        "\nno autoencoder scenario has finished"
+    note = (f"\nbest autoencoder scenario, chosen on validation (pooled Dice): {scenario_label(best, runs.get(best))}"
+            if best else "\nno autoencoder scenario has finished")
     return figure_group(runs, figure7_names(runs), FIGURE_TITLES["figure7"] + note)
 
 

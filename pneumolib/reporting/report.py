@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from typing import Any, Mapping, Sequence
 from pneumolib import __version__, paths, runio
 from pneumolib.errors import PneumoError
 
+from .figures import best_ae_scenario
 from .html import (
     CSS,
     IMAGE_TYPES,
@@ -60,7 +60,7 @@ MAIN_FIGURES = (
      "randomly initialised U-Net (random), the X-ray autoencoder's encoder with a random decoder "
      "(ae_encoder) and with the mask autoencoder's decoder (ae_encoder_mask_decoder)"),
     ("figure7", "Figure 7: final selection",
-     "randomly initialised U-Net (random), the best autoencoder scenario by test pooled Dice "
+     "randomly initialised U-Net (random), the best autoencoder scenario by validation pooled Dice "
      "({best}) and the ResNet encoder (resnet50)"),
 )
 
@@ -146,20 +146,6 @@ def data_source_lines(runs: Mapping[str, Mapping[str, Any]], markers: Sequence[M
     return out
 
 
-def _best_ae_scenario(runs: Mapping[str, Mapping[str, Any]]) -> str | None:
-    from .tables import AE_SCENARIOS
-
-    best, best_score = None, -math.inf
-    for name in AE_SCENARIOS:
-        try:
-            score = float(((runs.get(name) or {}).get("test") or {}).get("dice_pooled"))
-        except (TypeError, ValueError):
-            continue
-        if not math.isnan(score) and score > best_score:
-            best, best_score = name, score
-    return best
-
-
 def _study_stems(folder: Path) -> list[str]:
     taken = {f"figure{i}" for i in (5, 6, 7)} | {"table4", "report"}
     stems = {p.stem for p in folder.iterdir()
@@ -211,7 +197,7 @@ def _section_summary(profile: str, runs, markers, figs: Path) -> str:
 
 def _section_figures(profile: str, figs: Path, runs) -> str:
     parts = []
-    best = _best_ae_scenario(runs)
+    best = best_ae_scenario(runs)
     for stem, title, drawn in MAIN_FIGURES:
         path = figs / f"{stem}.png"
         parts.append(f"<h3>{esc(title)}</h3>")
