@@ -89,9 +89,23 @@ fig7 = figures.figure7(runs)
 table = tables.table4(runs)
 table
 
+# %% [markdown]
+# ## Which scenarios can this test split tell apart?
+#
+# Overlapping intervals in Table 4 do not settle it: two scenarios are scored on the same test
+# images, and much of their uncertainty (which images are hard) is shared. So each pair's
+# *difference* in pooled Dice gets its own interval, resampling the test images once for
+# both. Where the interval excludes 0 (`told_apart`), the ranking of the pair is more than
+# the luck of this test split; where it does not, the data cannot rank them.
+
+# %%
+pairs = tables.pairwise_table(runs)
+pairs
+
 # %%
 fig_dir = paths.figures_dir(cfg.name)
-{**figures.save_figures(runs, fig_dir), **markdown.write_table4(table, fig_dir, runs)}
+{**figures.save_figures(runs, fig_dir), **markdown.write_table4(table, fig_dir, runs),
+ **markdown.write_pairs(pairs, fig_dir)}
 
 # %% [markdown]
 # ## Beyond the paper

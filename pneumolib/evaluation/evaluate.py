@@ -28,7 +28,7 @@ def run_config(run: Path | str, overrides: dict[str, Any] | None = None) -> Conf
 
 def model_for_run(run: Path | str, cfg: Config) -> tuple[torch.nn.Module, str]:
     """An untrained network of the run's architecture and its task, from ``metrics.json``."""
-    from pneumolib.models.resnet import resnet50_unet
+    from pneumolib.models.resnet import config_kwargs, resnet50_unet
     from pneumolib.models.scenarios import get_scenario
     from pneumolib.models.unet import UNet
 
@@ -39,8 +39,8 @@ def model_for_run(run: Path | str, cfg: Config) -> tuple[torch.nn.Module, str]:
     sc = get_scenario(scenario) if scenario else None  # any registered scenario, paper's or extra
     cls_head = bool(getattr(sc, "cls_head", False))  # the image-level head of e.g. random_cls
     if sc is not None and sc.arch == "resnet50":
-        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None, encoder_name=cfg.resnet_encoder,
-                             aux_params=dict(classes=1) if cls_head else None), task
+        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None,
+                             aux_params=dict(classes=1) if cls_head else None, **config_kwargs(cfg)), task
     return UNet(in_channels=1, out_channels=1, base_width=cfg.base_width, norm=cfg.unet_norm,
                 aux_head=cls_head), task
 

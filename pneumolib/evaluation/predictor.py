@@ -249,7 +249,7 @@ def _read_state(weights: Path) -> dict[str, torch.Tensor]:
 
 def _with_heads(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg) -> torch.nn.Module:
     """Rebuild ``model`` with an image-level head when the weights carry one."""
-    from pneumolib.models.resnet import resnet50_unet
+    from pneumolib.models.resnet import config_kwargs, resnet50_unet
     from pneumolib.models.unet import UNet
 
     if isinstance(model, UNet) and model.aux is None and any(k.startswith("aux.") for k in state):
@@ -258,8 +258,8 @@ def _with_heads(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg) -> 
     head = [k for k in state if k.startswith("classification_head.") and k.endswith(".weight")]
     if head and getattr(model, "classification_head", None) is None and hasattr(model, "segmentation_head"):
         classes = int(state[head[-1]].shape[0])
-        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None,
-                             encoder_name=cfg.resnet_encoder, aux_params={"classes": classes})
+        return resnet50_unet(in_channels=1, classes=1, encoder_weights=None, aux_params={"classes": classes},
+                             **config_kwargs(cfg))
     return model
 
 

@@ -16,6 +16,9 @@ defines a metric anew.
   seed-mean metric, each replicate resampling the test images once and using the same
   resample for every seed (images are the shared source of variation).
 * :func:`replicates`: the replicate values themselves (for a histogram).
+* :func:`difference_ci`: two scenarios on the same test images: the interval of the
+  difference of their (seed-mean) metric, both resampled with the same draws (paired), so
+  it says whether the test split can tell them apart.
 
 Resampling is done through counts: replicate ``b`` draws an index matrix row
 ``idx[b] in {0..N-1}^N``; the number of times image ``i`` is drawn is its weight ``w[b, i]``,
@@ -39,7 +42,7 @@ import pandas as pd
 from pneumolib import metrics
 
 __all__ = ["METRICS", "COUNT_COLUMNS", "ImageSetMismatch", "bootstrap_ci", "seed_summary", "replicates",
-           "bootstrap_indices", "cluster_ids"]
+           "bootstrap_indices", "cluster_ids", "difference_ci"]
 
 #: The per-image column that names an item's source image (``test_per_image.csv``).
 CLUSTER_COLUMN = "src"
@@ -354,3 +357,36 @@ def seed_summary(frames: Sequence[pd.DataFrame], n_boot: int = 1000, level: floa
                       "sd": float(dev.std(ddof=1)) if len(points) > 1 else math.nan,
                       "lo": lo, "hi": hi, "n_seeds": len(points)}
     return out
+
+
+def difference_ci(frames_a: Sequence[pd.DataFrame], frames_b: Sequence[pd.DataFrame], metric: str = "dice_pooled",
+                  n_boot: int = 1000, level: float = 0.95, seed: int = 0, min_area: int = 0,
+                  cluster: str | None = "auto") -> dict[str, float]:
+    """``A - B`` of a metric (each the mean over its seeds) with a paired bootstrap interval.
+
+    Every frame (A's and B's seeds) must hold the same test images; each replicate resamples
+    them once for all frames, so what the two scenarios share (which images are hard) cancels
+    in the difference. An interval that excludes 0 means the test split tells A and B apart.
+
+    Returns:
+        ``{"diff", "lo", "hi", "n_a", "n_b"}``.
+
+    Raises:
+        ImageSetMismatch: the frames do not hold the same test images.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is unknown; valid: {', '.join(METRICS)}")
+    frames_a, frames_b = list(frames_a), list(frames_b)
+    if not frames_a or not frames_b:
+        raise ValueError("difference_ci needs at least one per-image table on each side")
+    _check_args(n_boot, level)
+    aligned = _aligned(frames_a + frames_b)
+    arrays = [_Arrays(f, min_area) for f in aligned]
+    rep = _replicate_matrix(arrays, int(n_boot), seed, cluster_ids(aligned[0], cluster))[metric]
+    na = len(frames_a)
+    points = np.array([a.point[metric] for a in arrays], dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = _interval(rep[:na].mean(0) - rep[na:].mean(0), level)
+    return {"diff": float(points[:na].mean() - points[na:].mean()), "lo": lo, "hi": hi,
+            "n_a": na, "n_b": len(frames_b)}

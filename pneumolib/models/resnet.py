@@ -20,6 +20,29 @@ from pneumolib.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
+#: smp ``Unet``'s default decoder: channels of its five up blocks, deepest first.
+SMP_DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+
+def config_kwargs(cfg) -> dict:
+    """The :func:`resnet50_unet` arguments a Config fixes (``resnet_encoder``,
+    ``resnet_decoder_channels``): every place that rebuilds a run's network uses these."""
+    return {"encoder_name": cfg.resnet_encoder, "decoder_channels": parse_channels(cfg.resnet_decoder_channels)}
+
+
+def parse_channels(spec: str | Sequence[int]) -> tuple[int, ...]:
+    """``"256,128,64,32,16"`` -> ``(256, 128, 64, 32, 16)`` (five positive integers)."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        out = tuple(int(x) for x in items)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 5 or min(out, default=0) < 1:
+        raise WeightsError(f"resnet_decoder_channels={spec!r}: give five positive integers, deepest block "
+                           f"first, e.g. {','.join(map(str, SMP_DECODER_CHANNELS))}")
+    return out
+
+
 #: The ResNet-50 U-Net's encoder (smp names it ``encoder``).
 SMP_ENCODER_PREFIXES: tuple[str, ...] = ("encoder.",)
 
@@ -170,6 +193,7 @@ def resnet50_unet(
     fallback_random: bool = False,
     aux_params: dict | None = None,
     encoder_name: str = "resnet50",
+    decoder_channels: Sequence[int] = SMP_DECODER_CHANNELS,
 ) -> nn.Module:
     """smp's U-Net with a ResNet-50 encoder (the paper's best scenario).
 
@@ -188,6 +212,8 @@ def resnet50_unet(
         encoder_name: smp encoder; ``resnet50`` except where a profile trades it for a
             lighter ResNet to fit a CPU time budget (the ``demo`` profile; recorded in the
             run's ``metrics.json``). Local weight files are checked against this encoder.
+        decoder_channels: channels of smp's five decoder blocks (smp's default and the
+            paper's model: :data:`SMP_DECODER_CHANNELS`; the ``demo`` stand-in halves them).
 
     Returns:
         ``smp.Unet`` with the attribute ``weights_source``: ``"imagenet"``,
@@ -202,7 +228,7 @@ def resnet50_unet(
     def make(weights: str | None, channels: int) -> nn.Module:
         return smp.Unet(
             encoder_name=encoder_name, encoder_weights=weights, in_channels=channels,
-            classes=classes, aux_params=aux_params,
+            classes=classes, aux_params=aux_params, decoder_channels=tuple(int(c) for c in decoder_channels),
         )
 
     spec = encoder_weights

@@ -30,7 +30,7 @@ import torch.nn as nn
 from pneumolib.errors import ConfigError, WeightsError
 
 from .parts import apply_frozen_bn_eval, freeze_encoder
-from .resnet import SMP_ENCODER_PREFIXES, resnet50_unet
+from .resnet import SMP_ENCODER_PREFIXES, config_kwargs, resnet50_unet
 from .unet import DECODER_PREFIXES, ENCODER_PREFIXES, build_unet
 
 __all__ = [
@@ -287,8 +287,7 @@ def build_model(
         model = resnet50_unet(
             in_channels=1, classes=1, encoder_weights=cfg.encoder_weights,
             fallback_random=cfg.resnet_fallback_random,
-            encoder_name=getattr(cfg, "resnet_encoder", "resnet50"),
-            aux_params=dict(classes=1) if sc.cls_head else None,
+            aux_params=dict(classes=1) if sc.cls_head else None, **config_kwargs(cfg),
         )
         sources: dict[str, str] = {}
     else:

@@ -131,3 +131,14 @@ def write_table4(df: pd.DataFrame, folder: Path | str,
         "csv": runio.atomic_write_csv(folder / "table4.csv", df),
         "md": runio.atomic_write_text(folder / "table4.md", table4_markdown(df, runs)),
     }
+
+
+def write_pairs(df: pd.DataFrame, folder: Path | str) -> dict[str, Path]:
+    """Write the pairwise comparison (:func:`pneumolib.reporting.tables.pairwise_table`) as
+    ``pairs.csv`` and ``pairs.md`` into ``folder``."""
+    folder = Path(folder)
+    note = ("# Which scenarios the test split tells apart\n\nEach row: scenario `a` minus scenario `b` in "
+            "pooled test Dice (mean over seeds), with a 95 % **paired** bootstrap interval (both resampled with "
+            "the same test images, so what they share cancels). `told_apart`: the interval excludes 0.\n\n")
+    return {"csv": runio.atomic_write_csv(folder / "pairs.csv", df),
+            "md": runio.atomic_write_text(folder / "pairs.md", note + to_markdown(df) + "\n")}

@@ -146,6 +146,22 @@ def heatmap(h: np.ndarray, title: str = "Where the masks lie (share of positive 
     return fig
 
 
+def heatmap_pair(real: np.ndarray, phantom: np.ndarray, corr: float | None = None) -> Figure:
+    """The real SIIM-ACR and the phantom's mean location heat maps (``(G, G)`` in [0, 1],
+    positives only), side by side on one colour scale; patient's right on the left."""
+    _style()
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 4))
+    vmax = float(max(real.max(), phantom.max(), 1e-9))
+    for ax, h, t in zip(axes, (real, phantom), ("real SIIM-ACR (train annotations)", "phantom")):
+        im = ax.imshow(h, cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes), fraction=0.046, pad=0.04, label="share of positive images")
+    fig.suptitle("Where pneumothoraces lie" + (f" (Pearson r = {corr:.2f})" if corr is not None else ""),
+                 fontsize=10)
+    return fig
+
+
 def reconstruction_grid(rec: Mapping[str, np.ndarray], title: str = "") -> Figure:
     """Rows = examples; columns = the arrays of ``rec`` (``eda.reconstructions`` output).
 

@@ -219,3 +219,38 @@ def comparison_table(n: int = 1500, size: int = 256, seed: int = 7, difficulty: 
                "n_real": int(ra.size), "n": int(n), "size": int(size), "seed": int(seed),
                "difficulty": float(difficulty)}
     return {"table": table, "heat_real": rh, "heat_phantom": ph, "compare": compare}
+
+
+def compare_run(cfg) -> dict:
+    """:func:`comparison_table` for the phantom a run with ``cfg`` trains on (its size,
+    number of images and difficulty; the phantom's data seed is 0), or, for a run on real
+    data, for the reference phantom (1,500 images at 256 px, seed 7)."""
+    if cfg.uses_phantom:
+        return comparison_table(n=cfg.phantom_n, size=cfg.phantom_size, seed=0, difficulty=cfg.phantom_difficulty)
+    return comparison_table()
+
+
+def write_comparison(result: dict, folder: str | os.PathLike, fig=None) -> dict[str, Path]:
+    """``realism.csv`` (quantity, real, phantom; numbers formatted for reading) and, with
+    ``fig``, ``realism.png`` into ``folder``."""
+    from pneumolib import runio
+
+    from .plots import save_figure
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def fmt(q: str, v: float) -> str:
+        if "share" in q or q == "prevalence" or "under" in q:
+            return f"{100 * v:.2f} %"
+        if float(v).is_integer():
+            return f"{int(v):,}"
+        return f"{v:.3f}"
+
+    tab = result["table"]
+    rows = [{"quantity": q, "real": "" if "phantom vs real" in q else fmt(q, r["real"]), "phantom": fmt(q, r["phantom"])}
+            for q, r in tab.iterrows()]
+    out = {"csv": runio.atomic_write_csv(folder / "realism.csv", pd.DataFrame(rows))}
+    if fig is not None:
+        out["png"] = save_figure(fig, folder / "realism.png")
+    return out

@@ -344,3 +344,33 @@ def copy_through_table(runs: Mapping[str, Mapping[str, Any]], names: tuple[str, 
                      "epochs_run": run["metrics"].get("epochs_run") if run else None,
                      "note": "" if run else "missing: no finished run"})
     return pd.DataFrame(rows).set_index("autoencoder")
+
+
+def pairwise_table(runs: Mapping[str, Any], order: tuple[str, ...] = TABLE4_ORDER, metric: str = "dice_pooled",
+                   n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, boot_seed: int = 0) -> pd.DataFrame:
+    """Which scenarios the test split can tell apart: every pair's difference in ``metric``
+    (mean over seeds) with a paired bootstrap interval
+    (:func:`pneumolib.evaluation.uncertainty.difference_ci`).
+
+    Returns:
+        One row per pair ``a, b`` (``a`` before ``b`` in ``order``): ``diff`` (a - b), its
+        interval ``lo`` / ``hi``, ``told_apart`` (the interval excludes 0), ``n_seeds_a`` /
+        ``n_seeds_b``. Pairs without per-image files on the same test images are left out.
+    """
+    groups = seed_runs(runs)
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for name in order:
+        loaded = [read_test_per_image(r)[0] for r in groups.get(name, [])]
+        if loaded and all(f is not None for f in loaded):
+            frames[name] = loaded
+    rows = []
+    names = [n for n in order if n in frames]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            try:
+                d = uncertainty.difference_ci(frames[a], frames[b], metric, n_boot=n_boot, level=level, seed=boot_seed)
+            except uncertainty.ImageSetMismatch:
+                continue
+            rows.append({"a": a, "b": b, "metric": metric, "diff": d["diff"], "lo": d["lo"], "hi": d["hi"],
+                         "told_apart": bool(d["lo"] > 0 or d["hi"] < 0), "n_seeds_a": d["n_a"], "n_seeds_b": d["n_b"]})
+    return pd.DataFrame(rows, columns=["a", "b", "metric", "diff", "lo", "hi", "told_apart", "n_seeds_a", "n_seeds_b"])

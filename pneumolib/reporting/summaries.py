@@ -1,0 +1,314 @@
+"""The numbers in README.md and docs/*.md, generated from committed summaries of named runs.
+
+A demo run leaves its tables under ``figures/<profile>/`` and its timings under
+``papermill_runs/<profile>/``. :func:`collect` copies the small summaries of one such run
+(CSV tables, a few PNG figures, the per-notebook seconds) into ``figures/readme/<set>/`` with
+a ``RUN.json`` stamp (the commit the runs were trained on, date, machine, command).
+:func:`render` writes Markdown tables from those files into the blocks of the documents
+marked ``<!-- summary:<set>/<name> -->`` ... ``<!-- /summary -->``; :func:`check` (a test)
+fails when a block differs from what the summaries give, so no number is typed by hand::
+
+    python -m pneumolib.reporting.summaries collect --home /tmp/demo --set demo --command "..."
+    python -m pneumolib.reporting.summaries render       # rewrite the blocks
+    python -m pneumolib.reporting.summaries check        # exit 1 when a block is stale
+
+Block names: ``stamp``, ``table4``, ``pairs``, ``timing``, ``realism``, ``leakage``, ``image_level``,
+``pretext``, ``label_efficiency``; each reads ``<name>.csv`` (``stamp``: ``RUN.json``;
+``timing``: every ``timing-*.csv``) of its set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from pneumolib import runio
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Where the committed summaries live, one folder per named run ("set").
+SUMMARIES = ROOT / "figures" / "readme"
+#: The documents whose blocks are generated.
+DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/STUDIES.md")
+#: What collect copies from ``figures/<profile>/`` when present.
+TABLES = ("table4", "pairs", "realism", "leakage", "image_level", "pretext", "label_efficiency")
+FIGURES = ("figure5", "figure6", "figure7", "label_efficiency", "realism")
+
+BLOCK = re.compile(r"(<!-- summary:(?P<key>[\w.-]+/[\w.-]+) -->\n)(?P<body>.*?)(<!-- /summary -->)", re.S)
+
+
+# -- collect -----------------------------------------------------------------------------------
+def _run_commits(home: Path, profile: str) -> list[str]:
+    out = []
+    for m in sorted((home / "results" / profile).rglob("metrics.json")):
+        git = ((json.loads(m.read_text()).get("provenance") or {}).get("git") or {})
+        out.append(f"{git.get('commit', '?')}{'+dirty' if git.get('dirty') else ''}")
+    return sorted(set(out))
+
+
+def collect(home: Path | str, set_name: str, profile: str = "demo", command: str = "", label: str = "",
+            what: Sequence[str] = ("tables", "figures", "timing")) -> Path:
+    """Copy the summaries of the run in ``home`` into ``figures/readme/<set_name>/``.
+
+    Args:
+        home: the run's ``PNEUMO_HOME``.
+        command: how the run was made (recorded in ``RUN.json``).
+        label: name of this run's timing column (``timing-<label>.csv``; default: the date).
+        what: ``tables`` (``figures/<profile>/*.csv`` of :data:`TABLES`), ``figures`` (PNG of
+            :data:`FIGURES`), ``timing`` (seconds per notebook from the completion markers).
+
+    Returns:
+        The set's folder.
+    """
+    home = Path(home)
+    figs = home / "figures" / profile
+    out = SUMMARIES / set_name
+    out.mkdir(parents=True, exist_ok=True)
+    stamp_path = out / "RUN.json"
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+    if "tables" in what:
+        for t in TABLES:
+            if (figs / f"{t}.csv").exists():
+                shutil.copyfile(figs / f"{t}.csv", out / f"{t}.csv")
+        commits = _run_commits(home, profile)
+        stamp.update({"commits": commits, "profile": profile, "command": command or stamp.get("command", ""),
+                      "collected": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                      "machine": f"{platform.machine()}, {runio.device_info().get('cpu_count', '?')} CPUs, "
+                                 f"{runio.device_info().get('cuda') and 'CUDA' or 'no GPU'}"})
+    if "figures" in what:
+        for f in FIGURES:
+            if (figs / f"{f}.png").exists():
+                shutil.copyfile(figs / f"{f}.png", out / f"{f}.png")
+    if "timing" in what:
+        rows = []
+        for m in sorted((home / "papermill_runs" / profile).glob("*.done.json")):
+            d = json.loads(m.read_text())
+            rows.append({"notebook": d["name"], "seconds": float(d["seconds"])})
+        if rows:
+            label = label or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+            df = pd.DataFrame(rows)
+            runio.atomic_write_csv(out / f"timing-{label}.csv", df)
+            stamp.setdefault("timings", {})[label] = {"command": command, "notebooks_seconds": round(df["seconds"].sum(), 1)}
+    runio.atomic_write_json(stamp_path, stamp)
+    return out
+
+
+# -- formatting ------------------------------------------------------------------------------------
+def _f(v: Any, d: int = 3) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    return "" if math.isnan(x) else f"{x:.{d}f}"
+
+
+def _ci(r: pd.Series, m: str, d: int = 3) -> str:
+    v = _f(r.get(m), d)
+    lo, hi = r.get(f"{m}_ci95_lo"), r.get(f"{m}_ci95_hi")
+    if v and _f(lo, d) and _f(hi, d):
+        return f"{v} [{_f(lo, d)}, {_f(hi, d)}]"
+    return v
+
+
+def _pm(r: pd.Series, m: str) -> str:
+    lo, hi = r.get(f"{m}_ci95_lo"), r.get(f"{m}_ci95_hi")
+    try:
+        return f"±{(float(hi) - float(lo)) / 2:.3f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _name(r: pd.Series) -> str:
+    note = str(r.get("note") or "")
+    stand = re.search(r"stand-in: smp Unet, (\w+) encoder", note)
+    return f"`{r['scenario']}`" + (f" ({stand.group(1)} stand-in)" if stand else "")
+
+
+def fmt_table4(df: pd.DataFrame) -> str:
+    multi = "n_seeds" in df and (pd.to_numeric(df["n_seeds"], errors="coerce").fillna(0) > 1).any()
+    head = ["scenario", "`dice_pooled` [95 % CI]", "±", *(["sd over seeds"] if multi else []), "`iou_pooled`",
+            "peak of the test curve", "paper Dice / IoU", "`dice_per_image` (Kaggle) [95 % CI]", "all-empty",
+            "image AUC"]
+    rows = []
+    for _, r in df.iterrows():
+        rows.append([_name(r), _ci(r, "dice_pooled"), _pm(r, "dice_pooled"),
+                     *([_f(r.get("dice_pooled_seed_sd"))] if multi else []), _f(r.get("iou_pooled")),
+                     _f(r.get("test_dice_peak")), f"{_f(r.get('paper_dice'), 2)} / {_f(r.get('paper_iou'), 2)}",
+                     _ci(r, "dice_per_image"), _f(r.get("empty_baseline_dice_per_image")), _f(r.get("auc"))])
+    r0 = df.iloc[0]
+    n = f"{int(r0['n_test_images'])} test images ({int(r0['n_test_positive'])} positive)" \
+        if not pd.isna(r0.get("n_test_images")) else "test images"
+    seeds = f"; {int(r0['n_seeds'])} training seeds ({r0.get('seeds', '')}), mean over seeds" if multi else \
+        "; one training seed"
+    return (f"{n}{seeds}; best checkpoint by validation loss. `[lo, hi]`: 95 % bootstrap interval over "
+            "test images; `±` its half-width.\n\n" + _md(head, rows))
+
+
+def fmt_pairs(df: pd.DataFrame) -> str:
+    """The pairs told apart and those not, as two short lists (pooled Dice, paired bootstrap)."""
+    def item(r: pd.Series) -> str:
+        return f"`{r['a']}` − `{r['b']}` = {_f(r['diff'])} [{_f(r['lo'])}, {_f(r['hi'])}]"
+    apart = df[df["told_apart"].astype(str).str.lower() == "true"]
+    rest = df[df["told_apart"].astype(str).str.lower() != "true"]
+    out = [f"Told apart ({len(apart)} of {len(df)} pairs; the 95 % interval of the difference in pooled "
+           "Dice excludes 0):", ""]
+    out += [f"- {item(r)}" for _, r in apart.iterrows()] or ["- none"]
+    out += ["", f"Not told apart ({len(rest)} of {len(df)}):", ""]
+    out += [f"- {item(r)}" for _, r in rest.iterrows()] or ["- none"]
+    return "\n".join(out) + "\n"
+
+
+def fmt_timing(frames: dict[str, pd.DataFrame]) -> str:
+    labels = sorted(frames)
+    names = list(dict.fromkeys(n for f in frames.values() for n in f["notebook"]))
+    rows = []
+    for n in names:
+        rows.append([f"`{n}`", *[_f(frames[k].set_index("notebook")["seconds"].get(n), 1) for k in labels]])
+    rows.append(["**all notebooks**", *[f"**{_f(frames[k]['seconds'].sum() / 60, 1)} min**" for k in labels]])
+    return _md(["notebook", *[f"seconds, run {k}" for k in labels]], rows)
+
+
+def fmt_realism(df: pd.DataFrame) -> str:
+    return _md(["", "real SIIM-ACR (train annotations)", "phantom"],
+               [[str(r["quantity"]), str(r["real"]), str(r["phantom"])] for _, r in df.iterrows()])
+
+
+def fmt_leakage(df: pd.DataFrame) -> str:
+    rows = [[f"`{r['scenario']}`", r["protocol"], r["test_items"], f"{int(r['n_test_images'])} ({int(r['n_positive'])})",
+             int(r["leaked_test_items"]), _ci(r, "dice_pooled"), _ci(r, "dice_per_image")] for _, r in df.iterrows()]
+    return _md(["scenario", "protocol", "test items", "n (positive)", "items with a copy in train/val",
+                "`dice_pooled`", "`dice_per_image`"], rows)
+
+
+def fmt_image_level(df: pd.DataFrame) -> str:
+    piv = df.pivot_table(index="run", columns="method", values="dice_per_image", aggfunc="first", sort=False)
+    cols = [c for c in ("all_empty", "threshold", "triplet", "gate", "gate+triplet") if c in piv.columns]
+    rows = [[f"`{run}`", *[_f(piv.loc[run, c]) for c in cols]] for run in piv.index]
+    return "Kaggle score (`dice_per_image`) on test, every parameter tuned on validation only.\n\n" + _md(
+        ["run", *cols], rows)
+
+
+def fmt_pretext(df: pd.DataFrame) -> str:
+    rows = [[f"`{r['scenario']}`", r["pretrained_from"], _f(r["ae_copy_through_ratio"], 2), _ci(r, "dice_pooled"),
+             _ci(r, "dice_per_image")] for _, r in df.iterrows()]
+    return _md(["scenario", "pretrained from", "autoencoder copy-through ratio", "`dice_pooled`", "`dice_per_image`"],
+               rows)
+
+
+def fmt_label_efficiency(df: pd.DataFrame) -> str:
+    fracs = sorted(df["label_frac"].unique())
+    rows = []
+    for sc, sub in df.groupby("scenario", sort=False):
+        s = sub.set_index("label_frac")
+        rows.append([f"`{sc}`", *[_ci(s.loc[f], "dice_pooled") if f in s.index else "" for f in fracs]])
+    return "Pooled Dice [95 % CI] by share of the training labels (equal optimiser steps).\n\n" + _md(
+        ["scenario", *[f"{f:.0%}" for f in fracs]], rows)
+
+
+def fmt_stamp(stamp: dict[str, Any]) -> str:
+    commits = ", ".join(f"`{c[:12]}{'+dirty' if c.endswith('+dirty') else ''}`" for c in stamp.get("commits", [])) or "?"
+    lines = [f"Measured on commit {commits} ({stamp.get('machine', '?')}), collected {stamp.get('collected', '?')}."]
+    if stamp.get("command"):
+        lines.append(f"Command: `{stamp['command']}`.")
+    return " ".join(lines) + "\n"
+
+
+FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
+    "table4": fmt_table4, "pairs": fmt_pairs, "realism": fmt_realism, "leakage": fmt_leakage, "image_level": fmt_image_level,
+    "pretext": fmt_pretext, "label_efficiency": fmt_label_efficiency,
+}
+
+
+def block(key: str, root: Path = SUMMARIES) -> str:
+    """The Markdown of block ``<set>/<name>`` from the committed summaries."""
+    set_name, name = key.split("/", 1)
+    folder = root / set_name
+    if name == "stamp":
+        return fmt_stamp(json.loads((folder / "RUN.json").read_text()))
+    if name == "timing":
+        frames = {p.stem.removeprefix("timing-"): pd.read_csv(p) for p in sorted(folder.glob("timing-*.csv"))}
+        if not frames:
+            raise FileNotFoundError(f"no timing-*.csv in {folder}: collect a run with timing first")
+        return fmt_timing(frames)
+    if name not in FORMATTERS:
+        raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
+    return FORMATTERS[name](pd.read_csv(folder / f"{name}.csv"))
+
+
+# -- render / check ---------------------------------------------------------------------------------
+def _rendered(text: str, root: Path) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + block(m.group("key"), root) + m.group(4), text)
+
+
+def render(documents: Sequence[str] = DOCUMENTS, base: Path = ROOT, root: Path = SUMMARIES) -> list[Path]:
+    """Rewrite every summary block of ``documents``; returns the files that changed."""
+    changed = []
+    for doc in documents:
+        p = base / doc
+        if not p.exists():
+            continue
+        text = p.read_text()
+        new = _rendered(text, root)
+        if new != text:
+            p.write_text(new)
+            changed.append(p)
+    return changed
+
+
+def check(documents: Sequence[str] = DOCUMENTS, base: Path = ROOT, root: Path = SUMMARIES) -> list[str]:
+    """``["<document>: <block>", ...]`` of the blocks whose text differs from the summaries."""
+    stale = []
+    for doc in documents:
+        p = base / doc
+        if not p.exists():
+            continue
+        for m in BLOCK.finditer(p.read_text()):
+            if m.group("body") != block(m.group("key"), root):
+                stale.append(f"{doc}: {m.group('key')}")
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pneumolib.reporting.summaries", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="copy a run's summaries into figures/readme/<set>/")
+    c.add_argument("--home", required=True)
+    c.add_argument("--set", required=True, dest="set_name")
+    c.add_argument("--profile", default="demo")
+    c.add_argument("--command", default="")
+    c.add_argument("--label", default="")
+    c.add_argument("--what", default="tables,figures,timing")
+    sub.add_parser("render", help="rewrite the summary blocks of README.md and docs/")
+    sub.add_parser("check", help="exit 1 when a summary block differs from the summaries")
+    args = ap.parse_args(argv)
+    if args.cmd == "collect":
+        out = collect(args.home, args.set_name, args.profile, args.command, args.label, args.what.split(","))
+        print(f"collected into {out}")
+        return 0
+    if args.cmd == "render":
+        for p in render():
+            print(f"rewrote {p}")
+        return 0
+    stale = check()
+    for s in stale:
+        print(f"stale: {s}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
