@@ -54,6 +54,13 @@ class Config:
             and early stopping (patience 5, min delta 0.001 on validation loss).
         precision: ``auto`` (``16-mixed`` on CUDA, ``32`` on CPU) or any Lightning precision.
         accelerator / devices / strategy / num_nodes: passed to Lightning's Trainer.
+        launcher: how a notebook's training cell starts a training that needs several
+            processes (:mod:`pneumolib.training.launch`): "" runs ``python -m pneumolib.cli
+            ...`` and lets Lightning start the ranks (one machine); otherwise a command
+            prefix that starts them instead, e.g. ``srun`` inside a SLURM allocation (Lightning's
+            SLURM environment then joins the tasks, over ``num_nodes`` nodes) or
+            ``{python} -m torch.distributed.run --nproc-per-node 2 --no-python`` (torchrun;
+            ``{python}`` is this interpreter).
         encoder_weights: ``imagenet`` (smp's own download), ``none``, or a local file
             (torchvision ``resnet50-*.pth`` state dict or ``.safetensors``).
         resnet_encoder: the smp encoder of the ``resnet50`` scenario (``resnet50`` as in the
@@ -124,6 +131,7 @@ class Config:
     devices: str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
+    launcher: str = ""
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False

@@ -109,6 +109,20 @@ def test_torchrun_style_launch_matches_lightnings_own(pneumo_env, tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+def test_a_notebook_launch_through_torchrun(pneumo_env, tmp_path):
+    """launcher = torchrun: the notebook's training cell starts the ranks through
+    torch.distributed.run (as on a cluster: srun works the same way) and Lightning joins them."""
+    from pneumolib.config import get_config
+    from pneumolib.training import launch
+
+    cfg = get_config("smoke", devices="2", strategy="ddp", accelerator="cpu",
+                     launcher=f"{{python}} -m torch.distributed.run --nproc-per-node 2 --master-port {_free_port()} "
+                              "--no-python")
+    summary = launch.train_scenario(cfg, "random", out=tmp_path / "tr")
+    assert summary["batch_size"]["processes"] == 2 and summary["test"]
+    assert launch.child_command(cfg, "train", tmp_path)[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
+
+
 def test_launcher_failure_names_the_last_lines_and_the_command(pneumo_env, tmp_path, monkeypatch):
     from pneumolib.config import get_config
     from pneumolib.training import launch

@@ -12,8 +12,9 @@ aborts when anything touched CUDA before the fork). So a training cell calls
 - otherwise runs **the same training as** ``pneumo pretrain`` / ``pneumo train`` **in a
   child process**: the cell's Config is written to the run folder's ``config.json`` and the
   child is ``python -m pneumolib.cli train --config <run>/config.json --out <run> ...``, a
-  plain script, so Lightning's own DDP launcher (or a cluster's: SLURM, torchrun) starts the
-  other ranks. The child's output streams into the cell as it comes; the summary is read
+  plain script, so Lightning's own DDP launcher starts the other ranks, or, with
+  ``cfg.launcher`` (e.g. ``srun``, a torchrun command), the cluster's does and Lightning
+  joins them (its SLURM and torchelastic environments). The child's output streams into the cell as it comes; the summary is read
   back from the run folder's ``metrics.json``; a failure raises :class:`LaunchError` with
   the child's last lines and the command to rerun it by hand.
 
@@ -88,9 +89,12 @@ def needs_child_process(cfg: Config) -> bool:
 
 
 def child_command(cfg: Config, command: str, out: Path, args: Sequence[str] = ()) -> list[str]:
-    """``[python, -m, pneumolib.cli, <command>, *args, --config <out>/config.json, --out <out>]``."""
-    return [sys.executable, "-m", "pneumolib.cli", command, *args, "--config", str(Path(out) / "config.json"),
-            "--out", str(out)]
+    """``[*launcher, python, -m, pneumolib.cli, <command>, *args, --config <out>/config.json,
+    --out <out>]``; ``launcher`` is ``cfg.launcher`` split like a shell would (``{python}``
+    replaced by this interpreter), e.g. ``srun`` or a torchrun command."""
+    prefix = [w.replace("{python}", sys.executable) for w in shlex.split(cfg.launcher or "")]
+    return [*prefix, sys.executable, "-m", "pneumolib.cli", command, *args,
+            "--config", str(Path(out) / "config.json"), "--out", str(out)]
 
 
 def _rerun_hint(cmd: Sequence[str]) -> str:
