@@ -1,7 +1,7 @@
 """Restoration pretext transforms in the spirit of Models Genesis (Zhou et al. 2019, 2021).
 
 An autoencoder that sees its clean input can learn to copy it through the U-Net's top skip
-connection (see :func:`pneumolib.training.runs.copy_through`). Models Genesis instead *distorts* the
+connection (see :func:`pneumolib.training.runs.copy_through_summary`). Models Genesis instead *distorts* the
 input and asks for the clean image back, so the network has to learn what an X-ray looks
 like: intensity curves, local texture, and the anatomy around and outside a hidden region.
 :func:`genesis_distort` applies, per image of a batch and in Models Genesis's order:
@@ -52,18 +52,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-__all__ = [
-    "GENESIS_DEFAULTS",
-    "genesis_distort",
-    "genesis_distort_items",
-    "item_seeds",
-    "bezier_luts",
-    "intensity_transform",
-    "local_shuffle",
-    "shuffle_window",
-    "in_paint",
-    "out_paint",
-]
+__all__ = ["GENESIS_DEFAULTS", "genesis_distort", "genesis_distort_items", "item_seeds", "bezier_luts",
+           "intensity_transform", "local_shuffle", "shuffle_window", "in_paint", "out_paint"]
 
 GeneratorLike = Union[torch.Generator, np.random.Generator, int, None]
 

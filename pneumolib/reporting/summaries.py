@@ -12,7 +12,7 @@ fails when a block differs from what the summaries give, so no number is typed b
     python -m pneumolib.reporting.summaries render       # rewrite the blocks
     python -m pneumolib.reporting.summaries check        # exit 1 when a block is stale
 
-Block names: ``stamp``, ``table4``, ``pairs``, ``timing``, ``realism``, ``leakage``, ``image_level``,
+Block names: ``stamp``, ``table4``, ``pairs``, ``copy_through``, ``timing``, ``timing_total``, ``realism``, ``leakage``, ``image_level``,
 ``pretext``, ``label_efficiency``; each reads ``<name>.csv`` (``stamp``: ``RUN.json``;
 ``timing``: every ``timing-*.csv``) of its set.
 """
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Where the committed summaries live, one folder per named run ("set").
 SUMMARIES = ROOT / "figures" / "readme"
 #: The documents whose blocks are generated.
-DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/STUDIES.md")
+DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/STUDIES.md", "docs/DATA.md")
 #: What collect copies from ``figures/<profile>/`` when present.
 TABLES = ("table4", "pairs", "realism", "leakage", "image_level", "pretext", "label_efficiency")
 FIGURES = ("figure5", "figure6", "figure7", "label_efficiency", "realism")
@@ -84,6 +84,16 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
                       "collected": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                       "machine": f"{platform.machine()}, {runio.device_info().get('cpu_count', '?')} CPUs, "
                                  f"{runio.device_info().get('cuda') and 'CUDA' or 'no GPU'}"})
+        ct = []
+        for ae in ("ae_xray", "ae_mask", "ae_genesis", "ae_xray_noskip"):
+            mp = home / "results" / profile / ae / "metrics.json"
+            if mp.exists():
+                c = json.loads(mp.read_text()).get("copy_through") or {}
+                ct.append({"autoencoder": ae, **{k: c.get(k) for k in ("mse", "mse_top_skip_zeroed",
+                                                                      "ratio_zeroed_over_normal",
+                                                                      "mse_identity_baseline", "n_images")}})
+        if ct:
+            runio.atomic_write_csv(out / "copy_through.csv", pd.DataFrame(ct))
     if "figures" in what:
         for f in FIGURES:
             if (figs / f"{f}.png").exists():
@@ -185,7 +195,16 @@ def fmt_timing(frames: dict[str, pd.DataFrame]) -> str:
 
 def fmt_realism(df: pd.DataFrame) -> str:
     return _md(["", "real SIIM-ACR (train annotations)", "phantom"],
-               [[str(r["quantity"]), str(r["real"]), str(r["phantom"])] for _, r in df.iterrows()])
+               [[str(r["quantity"]), "" if pd.isna(r["real"]) else str(r["real"]),
+                 "" if pd.isna(r["phantom"]) else str(r["phantom"])] for _, r in df.iterrows()])
+
+
+def fmt_copy_through(df: pd.DataFrame) -> str:
+    rows = [[f"`{r['autoencoder']}`", _f(r["mse"], 4), _f(r["mse_top_skip_zeroed"], 4),
+             _f(r["ratio_zeroed_over_normal"], 1), _f(r["mse_identity_baseline"], 4), str(r.get("n_images", ""))]
+            for _, r in df.iterrows()]
+    return _md(["autoencoder", "test MSE", "MSE, top skip zeroed", "ratio", "MSE of predicting the mean",
+                "test images"], rows)
 
 
 def fmt_leakage(df: pd.DataFrame) -> str:
@@ -229,7 +248,7 @@ def fmt_stamp(stamp: dict[str, Any]) -> str:
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
-    "table4": fmt_table4, "pairs": fmt_pairs, "realism": fmt_realism, "leakage": fmt_leakage, "image_level": fmt_image_level,
+    "table4": fmt_table4, "pairs": fmt_pairs, "realism": fmt_realism, "copy_through": fmt_copy_through, "leakage": fmt_leakage, "image_level": fmt_image_level,
     "pretext": fmt_pretext, "label_efficiency": fmt_label_efficiency,
 }
 
@@ -240,10 +259,14 @@ def block(key: str, root: Path = SUMMARIES) -> str:
     folder = root / set_name
     if name == "stamp":
         return fmt_stamp(json.loads((folder / "RUN.json").read_text()))
-    if name == "timing":
+    if name in ("timing", "timing_total"):
         frames = {p.stem.removeprefix("timing-"): pd.read_csv(p) for p in sorted(folder.glob("timing-*.csv"))}
         if not frames:
             raise FileNotFoundError(f"no timing-*.csv in {folder}: collect a run with timing first")
+        if name == "timing_total":
+            mins = " and ".join(f"{frames[k]['seconds'].sum() / 60:.1f}" for k in sorted(frames))
+            return (f"All notebooks of the demo took **{mins} min** on this project's 2-core CPU machine "
+                    f"({len(frames)} run{'s' if len(frames) != 1 else ''} from a fresh clone and an empty cache).\n")
         return fmt_timing(frames)
     if name not in FORMATTERS:
         raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
