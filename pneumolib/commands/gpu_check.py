@@ -302,7 +302,19 @@ def _choose(values: list[Any], rows_for: Callable[[str, Any], dict[str, Any] | N
 
     ``rows_for(arch, value)`` gives the measured row (train and eval images/s). The models
     measured at every value are used (both: the whole profile; one: its runs only)."""
-    archs = [a for a in ARCHS if all(rows_for(a, v) for v in values)]
+    all_values = list(values)
+    values = [v for v in all_values if any(rows_for(a, v) for a in ARCHS)]  # out of memory / unmeasured: out
+    archs = [a for a in ARCHS if values and all(rows_for(a, v) for v in values)]
+    if values and not archs:  # no model at every value: the first model at the values it has
+        for a in ARCHS:
+            have = [v for v in values if rows_for(a, v)]
+            if have:
+                archs, values = [a], have
+                break
+    not_compared = {str(v): "no successful row of "
+                    + ("either model" if not any(rows_for(a, v) for a in ARCHS) else " / ".join(
+                        a for a in ARCHS if not rows_for(a, v)))
+                    + " (out of memory, failed or not measured)" for v in all_values if v not in values}
     numbers: dict[str, Any] = {}
     for v in values:
         per = {}
@@ -315,8 +327,8 @@ def _choose(values: list[Any], rows_for: Callable[[str, Any], dict[str, Any] | N
         numbers[str(v)] = per
     if not archs:
         return {"favoured": None, "recommended": default, "default": default, "change_default": False,
-                "numbers": numbers, "basis": "not enough measurements: no model was measured at every value "
-                                              f"of {values}; keep the default"}
+                "numbers": numbers, "not_compared": not_compared,
+                "basis": f"not measured: no successful row at any of {all_values}; keep the default"}
     hours = {}
     for v in values:
         rt = {a: rows_for(a, v)["train_images_per_s"] for a in archs}  # type: ignore[index]
@@ -325,12 +337,14 @@ def _choose(values: list[Any], rows_for: Callable[[str, Any], dict[str, Any] | N
     fav = min(values, key=lambda v: hours[v])
     out: dict[str, Any] = {"favoured": fav, "default": default,
                            "projected_compute_hours_one_gpu": {str(v): round(h, 3) for v, h in hours.items()},
-                           "numbers": numbers,
+                           "numbers": numbers, "not_compared": not_compared,
                            "basis": ("projected compute hours of the whole paper profile on one GPU"
                                      if len(archs) == len(ARCHS) else
                                      f"projected compute hours of the paper profile's {archs[0]} runs only "
                                      f"(the other model was not measured at every value)"),
                            "threshold": threshold}
+    if len(values) == 1:
+        out["basis"] += f"; {values[0]} is the only value measured"
     if default in hours:
         gain = hours[default] / hours[fav] - 1.0
         out["gain_over_default"] = round(gain, 4)
@@ -452,7 +466,7 @@ class Settings:
     eval_window_s: float = 1.0
     epoch_images: int | None = None
     epochs: int = 2
-    compile_min_s: float = 120.0
+    compile_min_s: float = 90.0
     reserve_s: float = 12.0
 
 
@@ -719,17 +733,17 @@ def _child_measure() -> None:  # pragma: no cover - runs in the compile subproce
     """Entry of the compile subprocess: ``sys.argv[1]`` is a JSON spec; prints one row."""
     spec = json.loads(sys.argv[1])
     s = Settings(**spec.pop("settings"))
-    row = measure(spec["arch"], spec["precision"], spec["channels_last"], s, torch.device("cuda"),
+    row = measure(spec["arch"], spec["precision"], spec["channels_last"], s, torch.device(spec.get("device", "cuda")),
                   cudnn_benchmark=spec.get("cudnn_benchmark", False), compile=spec.get("compile", True),
                   eval_too=False)
     print(ROW_MARK + json.dumps(row), flush=True)
 
 
 def compile_row(arch: str, precision: str, channels_last: bool, s: Settings, timeout_s: float, work: Path,
-                python: str = sys.executable) -> dict[str, Any]:
+                python: str = sys.executable, device: str = "cuda") -> dict[str, Any]:
     """The ``model.compile()`` row, measured in a subprocess killed after ``timeout_s``."""
     spec = {"arch": arch, "precision": precision, "channels_last": channels_last, "compile": True,
-            "settings": asdict(s)}
+            "settings": asdict(s), "device": device}
     code = "from pneumolib.commands.gpu_check import _child_measure; _child_measure()"
     log = work / f"compile-{arch}.log"
     run = run_subprocess([python, "-c", code, json.dumps(spec)], timeout_s, log)
@@ -1028,12 +1042,19 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
             echo(f"  epoch: paper profile, {devices} GPU(s), phantom {n} images, {epochs} epoch(s)")
             timeout = min(budget.usable(), max(allot * 2.0, 60.0))
             r = epoch_fn(work, n, devices, epochs, timeout, size=s.size, batch_size=s.batch_size)
-            if rt and re_ and r.get("epoch_seconds") and r.get("n_items"):
-                pred = epoch_compute_seconds(r["n_items"], rt, re_)
+            rc = r.get("run_config") or {}
+            p_ = rc.get("precision") if rc.get("precision") in PRECISIONS_CUDA else "16-mixed"
+            cl_ = bool(rc.get("channels_last", False))
+            ref = _plain_rate(res, "unet", p_, cl_) or {}
+            rt_, re2 = ref.get("train_images_per_s"), ref.get("eval_images_per_s")
+            if rt_ and re2 and r.get("epoch_seconds") and r.get("n_items"):
+                pred = epoch_compute_seconds(r["n_items"], rt_, re2)
                 r["one_gpu_compute_seconds_predicted"] = round(pred, 3)
                 r["end_to_end_factor"] = round(pred / r["epoch_seconds"], 4)
+                r["end_to_end_reference_row"] = {"arch": "unet", "precision": p_, "channels_last": cl_}
                 r["end_to_end_factor_means"] = (
-                    "one-GPU compute-only seconds of this epoch's items (the unet 16-mixed row) / the measured "
+                    "one-GPU compute-only seconds of this epoch's items (the unet row of the run's precision and "
+                    "memory format) / the measured "
                     "epoch seconds; a short phantom epoch weighs per-epoch fixed costs (evaluation start-up, the "
                     "last partial batch) more than a paper-sized one does, so this understates the efficiency "
                     "and the projection built on it is an upper bound")
@@ -1064,45 +1085,43 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
     if visible > 1 and (on_cuda or epoch_fn is not run_epoch):
         epoch_part(1)
 
-    # 5. cudnn.benchmark off / on, back to back, at the recommended precision / memory format
+    # 5./6. cudnn.benchmark off / on (back to back) and torch.compile (a subprocess with a
+    # hard timeout) at the recommended precision / memory format; the U-Net first for both
+    # (7 of the profile's 8 runs), then the ResNet-50
     rec = recommend(res)
     prec, cl = rec["precision"]["recommended"], bool(rec["channels_last"]["recommended"])
     pairs: dict[str, Any] = {}
     res["cudnn_benchmark"] = {"precision": prec, "channels_last": cl, "pairs": pairs}
+    res["compile"] = {"precision": prec, "channels_last": cl, "rows": {}}
+    for tag in ("cudnn", "compile"):
+        if tag in skip:
+            res["cudnn_benchmark" if tag == "cudnn" else "compile"]["skipped"] = "--skip"
     for arch in archs:
-        if "cudnn" in skip:
-            res["cudnn_benchmark"]["skipped"] = "--skip"
-            break
-        pair = {}
-        for on in (False, True):
-            row = do_row(arch, prec, cl, cudnn_benchmark=on)
-            if row:
-                pair["on" if on else "off"] = row
-        if pair:
-            pairs[arch] = pair
+        if "cudnn" not in skip:
+            pair = {}
+            for on in (False, True):
+                row = do_row(arch, prec, cl, cudnn_benchmark=on)
+                if row:
+                    pair["on" if on else "off"] = row
+            if pair:
+                pairs[arch] = pair
+        if "compile" not in skip:
+            need = s.compile_min_s
+
+            def go(arch=arch):
+                echo(f"  compile {arch} {prec} channels_last={cl}")
+                row = compile_fn(arch, prec, cl, s, budget.usable(), work)
+                add_flops(row, res["flops"].get(arch), peaks, tf32_conv)
+                res["compile"]["rows"][arch] = row
+                return row
+
+            if attempt(f"compile:{arch}", need, go) is None and not res["compile"]["rows"]:
+                res["compile"]["skipped"] = ("budget: " + budget.why_not(need) + "; compiling can take a minute"
+                                             if not budget.allows(need) else "failed: see errors")
     if not pairs and "skipped" not in res["cudnn_benchmark"]:
         res["cudnn_benchmark"]["skipped"] = next((x["reason"] for x in res["skipped"]
                                                   if x["part"].startswith("row:") and "cudnn" in x["part"]),
                                                  "no row measured")
-
-    # 6. torch.compile, in a subprocess with a hard timeout
-    res["compile"] = {"precision": prec, "channels_last": cl, "rows": {}}
-    for arch in archs:
-        if "compile" in skip:
-            res["compile"]["skipped"] = "--skip"
-            break
-        need = s.compile_min_s
-
-        def go(arch=arch):
-            echo(f"  compile {arch} {prec} channels_last={cl}")
-            row = compile_fn(arch, prec, cl, s, budget.usable(), work)
-            add_flops(row, res["flops"].get(arch), peaks, tf32_conv)
-            res["compile"]["rows"][arch] = row
-            return row
-
-        if attempt(f"compile:{arch}", need, go) is None and not res["compile"]["rows"]:
-            res["compile"]["skipped"] = ("budget: " + budget.why_not(need) + "; compiling can take a minute"
-                                         if not budget.allows(need) else "failed")
     if not res["compile"]["rows"] and "skipped" not in res["compile"]:
         res["compile"]["skipped"] = "no row measured"
 
