@@ -320,6 +320,10 @@ def test_json_schema_of_a_fake_run(tmp_path):
                 "seconds_total"):
         assert key in data, key
     assert data["schema"] == g.SCHEMA and data["complete"] is True and data["errors"] == []
+    order = [p["part"] for p in data["parts"]]
+    # priority: core rows, the epoch, bf16 / channels-last, the U-Net's switches, fp32, the ResNet-50's
+    assert order.index("epoch") < order.index("row:unet:bf16-mixed:cl=False") < order.index("compile:unet") \
+        < order.index("row:unet:32-true:cl=False") < order.index("compile:resnet50")
     assert data["skipped"] == [] and data["budget"]["seconds_used"] <= 300
     assert {(r["arch"], r["precision"], r["channels_last"]) for r in data["rows"]} == {
         (a, p, cl) for a in g.ARCHS for p in g.PRECISIONS_CUDA for cl in (False, True)}

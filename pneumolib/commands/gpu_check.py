@@ -10,13 +10,14 @@ the budget left is too small for it, so the JSON is always written within the bu
    random --profile paper``, a subprocess, all visible GPUs) on a 512 px phantom written in
    the ``siim-dicom`` layout (``pneumo data phantom --layout siim-dicom``): images/s of whole
    epochs, data loading, Lightning and the per-epoch val + test evaluation included.
-3. ``rows``: the other precisions (``bf16-mixed``, ``32-true``) and channels-last on.
+3. ``rows``: channels-last on, and ``bf16-mixed`` off and on.
 4. ``epoch_1gpu`` (only with several GPUs visible): the same epoch on one GPU, which makes
    the multi-GPU speed-up a measured number.
-5. ``cudnn``: ``torch.backends.cudnn.benchmark`` off and on, back to back, for the
-   recommended precision / memory format.
-6. ``compile``: ``model.compile()`` for the same combination, in a subprocess with a hard
-   timeout (compiling can take a minute); skipped with a reason when the budget is short.
+5. for the U-Net (7 of the profile's 8 runs), at the recommended precision / memory format:
+   ``cudnn``, ``torch.backends.cudnn.benchmark`` off and on, back to back; and ``compile``,
+   ``model.compile()`` in a subprocess with a hard timeout (compiling can take a minute;
+   skipped with a reason when less than ``Settings.compile_min_s`` is left).
+6. ``rows`` of ``32-true`` (the numerical reference), then 5 for the ResNet-50.
 
 Every speed row: training images/s (steady state: warm-up steps first, then timed windows
 with CUDA synchronised only at the two ends of each window; the best of the windows), peak
@@ -169,7 +170,7 @@ class Budget:
 
 
 def time_steps(step: Callable[[], Any], sync: Callable[[], None], warmup: int = 3, probe: int = 2,
-               window_s: float = 1.5, windows: int = 2, min_steps: int = 3, max_steps: int = 40,
+               window_s: float = 1.2, windows: int = 2, min_steps: int = 3, max_steps: int = 40,
                clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Steady-state timing of ``step``: ``warmup`` steps, then ``probe`` steps to size the
     window (``window_s`` / step time, within [min_steps, max_steps]), then ``windows`` timed
@@ -459,11 +460,11 @@ class Settings:
     unet_norm: str = "none"
     warmup_steps: int = 3
     probe_steps: int = 2
-    window_s: float = 1.5
+    window_s: float = 1.2
     windows: int = 2
     min_steps: int = 3
     max_steps: int = 40
-    eval_window_s: float = 1.0
+    eval_window_s: float = 0.8
     epoch_images: int | None = None
     epochs: int = 2
     compile_min_s: float = 90.0
@@ -977,11 +978,17 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
         write()
         return value
 
+    last_row: dict[tuple[str, str], float] = {}  # (arch, precision) -> seconds of its latest row
+
     def row_estimate(arch: str, precision: str) -> float:
-        same = [r["seconds"] for r in res["rows"] if r["arch"] == arch and "seconds" in r]
+        """The latest row of the model and precision; else of the model (x1.4 going to fp32,
+        whose warm-up steps are slower); else 25 s (the first pays for CUDA's start-up)."""
+        if (arch, precision) in last_row:
+            return last_row[(arch, precision)] + 1.0
+        same = [v for (a, p), v in last_row.items() if a == arch]
         if not same:
             return 25.0
-        return max(same) * (1.6 if precision == "32-true" else 1.0)
+        return same[-1] * (1.4 if precision == "32-true" else 1.0) + 1.0
 
     archs = [a for a in ARCHS if not (a == "resnet50" and "resnet50" in skip)]
 
@@ -993,6 +1000,9 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
             echo(f"  {arch} {precision} channels_last={cl}" + "".join(f" {k}={v}" for k, v in kw.items()))
             row = measure_fn(arch, precision, cl, s, device, **kw)
             add_flops(row, res["flops"].get(arch), peaks, tf32_conv)
+            if "seconds" in row:
+                last_row.pop((arch, precision), None)  # keep the insertion order = recency
+                last_row[(arch, precision)] = float(row["seconds"])
             return row
 
         row = attempt(f"row:{arch}:{precision}:cl={cl}" + "".join(f":{k}={v}" for k, v in kw.items()),
@@ -1070,24 +1080,26 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
     else:
         res["epoch"] = {"skipped": "not on CUDA"}
 
-    # 3. the other precisions and channels-last
-    order = [("16-mixed", True), ("bf16-mixed", False), ("bf16-mixed", True), ("32-true", False), ("32-true", True)]
-    for precision, cl in order:
-        if "rows" in skip or (precision == "32-true" and "32-true" in skip):
-            res["skipped"].append({"part": f"rows:{precision}:cl={cl}", "reason": "--skip"})
-            continue
-        for arch in archs:
-            row = do_row(arch, precision, cl)
-            if row:
-                res["rows"].append(row)
+    def rows_part(combos: list[tuple[str, bool]]) -> None:
+        for precision, cl in combos:
+            if "rows" in skip or (precision == "32-true" and "32-true" in skip):
+                res["skipped"].append({"part": f"rows:{precision}:cl={cl}", "reason": "--skip"})
+                continue
+            for arch in archs:
+                row = do_row(arch, precision, cl)
+                if row:
+                    res["rows"].append(row)
+
+    # 3. channels-last and bf16 (the candidates for the defaults)
+    rows_part([("16-mixed", True), ("bf16-mixed", False), ("bf16-mixed", True)])
 
     # 4. the measured multi-GPU speed-up
     if visible > 1 and (on_cuda or epoch_fn is not run_epoch):
         epoch_part(1)
 
-    # 5./6. cudnn.benchmark off / on (back to back) and torch.compile (a subprocess with a
-    # hard timeout) at the recommended precision / memory format; the U-Net first for both
-    # (7 of the profile's 8 runs), then the ResNet-50
+    # 5. cudnn.benchmark off / on (back to back) and torch.compile (a subprocess with a hard
+    # timeout) at the recommended precision / memory format: the U-Net now (7 of the
+    # profile's 8 runs), the ResNet-50 after the fp32 rows
     rec = recommend(res)
     prec, cl = rec["precision"]["recommended"], bool(rec["channels_last"]["recommended"])
     pairs: dict[str, Any] = {}
@@ -1096,7 +1108,10 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
     for tag in ("cudnn", "compile"):
         if tag in skip:
             res["cudnn_benchmark" if tag == "cudnn" else "compile"]["skipped"] = "--skip"
-    for arch in archs:
+
+    def switches_part(arch: str) -> None:
+        if arch not in archs:
+            return
         if "cudnn" not in skip:
             pair = {}
             for on in (False, True):
@@ -1108,7 +1123,7 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
         if "compile" not in skip:
             need = s.compile_min_s
 
-            def go(arch=arch):
+            def go():
                 echo(f"  compile {arch} {prec} channels_last={cl}")
                 row = compile_fn(arch, prec, cl, s, budget.usable(), work)
                 add_flops(row, res["flops"].get(arch), peaks, tf32_conv)
@@ -1118,6 +1133,11 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
             if attempt(f"compile:{arch}", need, go) is None and not res["compile"]["rows"]:
                 res["compile"]["skipped"] = ("budget: " + budget.why_not(need) + "; compiling can take a minute"
                                              if not budget.allows(need) else "failed: see errors")
+
+    switches_part("unet")
+    # 6. fp32 (the numerical reference), then the ResNet-50's switches
+    rows_part([("32-true", False), ("32-true", True)])
+    switches_part("resnet50")
     if not pairs and "skipped" not in res["cudnn_benchmark"]:
         res["cudnn_benchmark"]["skipped"] = next((x["reason"] for x in res["skipped"]
                                                   if x["part"].startswith("row:") and "cudnn" in x["part"]),
