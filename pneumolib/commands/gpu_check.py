@@ -40,7 +40,6 @@ import csv
 import datetime as dt
 import gc
 import json
-import math
 import os
 import re
 import shutil
@@ -352,7 +351,8 @@ def _choose(values: list[Any], rows_for: Callable[[str, Any], dict[str, Any] | N
         out["change_default"] = bool(fav != default and gain > threshold)
         out["recommended"] = fav if out["change_default"] else default
         if fav != default and not out["change_default"]:
-            out["basis"] += f"; {fav} is faster by {gain:.1%} only, within noise (threshold {threshold:.0%}): keep the default"
+            out["basis"] += (f"; {fav} is faster by {gain:.1%} only, within noise (threshold {threshold:.0%}): "
+                             "keep the default")
     else:
         out["change_default"] = None
         out["recommended"] = fav
@@ -378,7 +378,6 @@ def recommend(res: dict[str, Any], work: dict[str, Any] = PAPER_WORK,
     c = _choose([False, True], lambda a, v: _plain_rate(res, a, prec, v), d.channels_last, work, threshold)
     c["at_precision"] = prec
     out["channels_last"] = c
-    cl = bool(c["recommended"])
 
     cb = res.get("cudnn_benchmark") or {}
     pairs = cb.get("pairs") or {}
@@ -582,13 +581,13 @@ def _measure_into(row: dict[str, Any], arch: str, precision: str, channels_last:
             loss.backward()
             opt.step()
 
-    timing = dict(warmup=s.warmup_steps, probe=s.probe_steps, windows=s.windows, min_steps=s.min_steps,
-                  max_steps=s.max_steps, clock=clock)
+    timing: dict[str, Any] = {"warmup": s.warmup_steps, "probe": s.probe_steps, "windows": s.windows,
+                              "min_steps": s.min_steps, "max_steps": s.max_steps, "clock": clock}
     row["phase"] = "train"
     _fill(row, "train", time_steps(train_step, lambda: sync(device), window_s=s.window_s, **timing), s.batch_size)
     row["train_peak_memory_gib"] = (_peak_gib(device) or {}).get("allocated")
     row["train_peak_memory_reserved_gib"] = (_peak_gib(device) or {}).get("reserved")
-    del opt, scaler
+    opt = scaler = None  # free Adam's state before the evaluation (train_step holds them)
     model.zero_grad(set_to_none=True)
     if not eval_too:
         row.pop("phase", None)
@@ -1148,9 +1147,8 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
     # 7. projection and recommendations (no GPU work)
     ends: dict[int, float] = {}
     for key, r in res.items():
-        if key == "epoch" or key.startswith("epoch_"):
-            if isinstance(r, dict) and r.get("end_to_end_factor"):
-                ends[int(r["devices"])] = r["end_to_end_factor"]
+        if (key == "epoch" or key.startswith("epoch_")) and isinstance(r, dict) and r.get("end_to_end_factor"):
+            ends[int(r["devices"])] = r["end_to_end_factor"]
     res["projection"] = {}
     rec = recommend(res)
     res["recommendations"] = rec
@@ -1257,10 +1255,12 @@ def format_gpu_table(res: dict[str, Any]) -> str:
         r = rec.get(name)
         if not r:
             continue
-        gain = f"gain over default {100 * r['gain_over_default']:.1f} %; " if r.get("gain_over_default") is not None else ""
+        g_ = r.get("gain_over_default")
+        gain = f"gain over default {100 * g_:.1f} %; " if g_ is not None else ""
+        verdict = "CHANGE the default" if r.get("change_default") else "keep the default"
         lines.append(row.format(f"recommend {name}", str(r.get("recommended")),
-                                f"{'CHANGE the default' if r.get('change_default') else 'keep the default'} "
-                                f"({r.get('default')}); favoured {r.get('favoured')}; {gain}{r.get('basis', '')}"[:200]))
+                                f"{verdict} ({r.get('default')}); favoured {r.get('favoured')}; {gain}"
+                                f"{r.get('basis', '')}"[:220]))
     for sk in res.get("skipped", []):
         lines.append(row.format(f"skipped {sk['part']}"[:44], "-", sk["reason"]))
     for er in res.get("errors", []):
