@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None, help="timed training steps per measurement")
     bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
     bench.add_argument("--out", help="results folder (default: benchmarks/results)")
+    bench.add_argument("--gpu", action="store_true",
+                       help="the GPU check instead (needs CUDA): 512 px training/eval images/s, peak memory and "
+                            "TFLOP/s of both models per precision and memory format, one paper-profile epoch, "
+                            "the projected paper wall time, recommended GPU switches; one JSON within --budget-s")
+    bench.add_argument("--budget-s", type=float, default=300.0, help="--gpu: time budget in seconds (default: 300)")
+    bench.add_argument("--epoch-images", type=int, default=None, metavar="N",
+                       help="--gpu: phantom images of the epoch part (default: chosen to fit the budget)")
+    bench.add_argument("--skip", default="", metavar="PART,...",
+                       help="--gpu: parts to leave out: epoch, rows, epoch_1gpu, cudnn, compile, resnet50, 32-true")
     pred = sub.add_parser("predict", help="pneumothorax masks, overlays and a CSV for X-ray files "
                           "(PNG, JPEG, DICOM; any size or mode)")
     pred.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -246,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(param_table())
             return 0
         if args.command == "bench":
+            if args.gpu:
+                from pneumolib.commands.gpu_check import main as gpu_main
+
+                return gpu_main(size=args.size, batch_size=args.batch_size, steps=args.steps, out=args.out,
+                                budget_s=args.budget_s, epoch_images=args.epoch_images, skip=args.skip,
+                                quick=args.quick)
             from pneumolib.commands.bench import main as bench_main
 
             return bench_main(size=args.size, batch_size=args.batch_size, steps=args.steps,

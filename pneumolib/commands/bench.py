@@ -13,11 +13,13 @@ Four parts, each a function returning plain JSON-able dicts, put together by :fu
 * :func:`bench_inference` -- images per minute of the full predict path on CPU, the one
   ``pneumo predict`` takes (:func:`pneumolib.commands.predict.predict_paths`: read, resize, model,
   post-process, write mask and overlay PNGs and the CSV).
-* :func:`~pneumolib.commands.gpu_check.bench_cuda` -- only with CUDA: images/s at 512 px for both models in fp32,
-  16-mixed and bf16-mixed, with and without channels_last, achieved FLOP/s
-  (``torch.utils.flop_counter.FlopCounterMode``) as a fraction of the card's peak, and the
-  projected wall time of the ``paper`` profile on one and two GPUs. On CPU it records
-  ``{"skipped": "no CUDA"}``.
+* ``cuda`` -- a pointer only: the GPU measurements (512 px speed of both models per precision
+  and memory format, peak memory, FLOP/s against the card's peak, one epoch of the ``paper``
+  profile, its projected wall time, the recommended GPU switches) are ``pneumo bench --gpu``
+  (:mod:`pneumolib.commands.gpu_check`), which keeps to a time budget and writes its own
+  ``gpu-<hostname>-<date>.json``. Here the part records ``{"skipped": "no CUDA"}`` on CPU and
+  where to look on a GPU machine, so that this command's run time and JSON stay the same
+  everywhere and the GPU numbers are measured under one set of rules only.
 
 Timing rules: steady state only (``warmup`` steps are run first and not counted; CUDA is
 synchronised at the two ends of the timed window only, so per-step host syncs show up),
@@ -43,10 +45,13 @@ import torch
 from torch import nn
 
 from .bench_train import bench_training, build_model, median
-from .gpu_check import bench_cuda
 
 #: The checkout (``benchmarks/`` lives beside the package).
 ROOT = Path(__file__).resolve().parents[2]
+
+#: The ``cuda`` part on a GPU machine: where the GPU measurements are.
+CUDA_POINTER = ("measured by `pneumo bench --gpu` (benchmarks/gpu_check.sh): time-budgeted, writes "
+                "benchmarks/results/gpu-<hostname>-<date>.json")
 
 
 def machine_info() -> dict[str, Any]:
@@ -251,10 +256,7 @@ def run(size: int = 512, batch_size: int = 32, steps: int | None = None, quick: 
                                            base_width=s["infer_base_width"])
         res["inference"]["model"] = f"paper U-Net, base width {s['infer_base_width']}"
     if "cuda" in parts:
-        if on_cuda:
-            echo("CUDA ...")
-        res["cuda"] = bench_cuda(size=size, batch_size=batch_size, steps=s.get("cuda_steps", 20),
-                                 base_width=64)
+        res["cuda"] = {"skipped": CUDA_POINTER if on_cuda else "no CUDA"}
     res["seconds_total"] = round(time.perf_counter() - t_all, 1)
     res["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out_dir = Path(out) if out else ROOT / "benchmarks" / "results"
@@ -298,19 +300,6 @@ def format_table(res: dict[str, Any]) -> str:
     c = res.get("cuda", {})
     if "skipped" in c:
         lines.append(row.format("CUDA: 512 px precisions, FLOP/s, projection", "skipped", c["skipped"]))
-    else:
-        for r in c.get("rows", []):
-            if "error" in r:
-                lines.append(row.format(f"cuda {r['arch']} {r['precision']} cl={r['channels_last']}", "-", r["error"]))
-                continue
-            frac = f", {100 * r['fraction_of_peak']:.1f} % of {r['peak_kind']} peak" if "fraction_of_peak" in r else ""
-            lines.append(row.format(f"cuda {r['arch']} {r['precision']} cl={r['channels_last']}",
-                                    f"{r['train_images_per_s']:.1f} img/s",
-                                    f"{r['achieved_tflops']} TFLOP/s{frac}; eval {r['eval_images_per_s']:.0f} img/s"))
-        p = c.get("paper_projection_16_mixed")
-        if p:
-            lines.append(row.format("paper profile projection (16-mixed)", f"{p['hours_one_gpu']:.1f} h",
-                                    f"one GPU; two GPUs {p['hours_two_gpus']:.1f} h (assumed 1.9x)"))
     return "\n".join(lines)
 
 
