@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "bench":
             if args.gpu:
-                from pneumolib.commands.gpu_check import main as gpu_main
+                from pneumolib.commands.gpu.command import main as gpu_main
 
                 return gpu_main(size=args.size, batch_size=args.batch_size, steps=args.steps, out=args.out,
                                 budget_s=args.budget_s, epoch_images=args.epoch_images, skip=args.skip,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pneumolib.cli import parse_args
-from pneumolib.commands import bench, gpu_check
+from pneumolib.commands import bench
+from pneumolib.commands.gpu import budget
 
 TINY = {"data_size": 32, "data_n": 24, "data_batch": 4, "data_batches": 2,
         "train_size": 32, "train_base_width": 4, "train_batch": 2, "train_steps": 2,
@@ -64,15 +65,15 @@ def test_rates_positive(result):
 
 
 def test_gpu_peaks_by_name():
-    assert gpu_check.gpu_peaks("NVIDIA H100 80GB HBM3")["matched"] == "H100"
-    assert gpu_check.gpu_peaks("NVIDIA H100 PCIe")["matched"] == "H100 PCIe"
-    assert gpu_check.gpu_peaks("NVIDIA H200")["bf16"] > 900
-    assert gpu_check.gpu_peaks("NVIDIA GeForce RTX 3090")["matched"] == "3090"
-    assert gpu_check.gpu_peaks("Some GPU") is None
+    assert budget.gpu_peaks("NVIDIA H100 80GB HBM3")["matched"] == "H100"
+    assert budget.gpu_peaks("NVIDIA H100 PCIe")["matched"] == "H100 PCIe"
+    assert budget.gpu_peaks("NVIDIA H200")["bf16"] > 900
+    assert budget.gpu_peaks("NVIDIA GeForce RTX 3090")["matched"] == "3090"
+    assert budget.gpu_peaks("Some GPU") is None
 
 
 def test_projection_two_gpus_faster():
-    p = gpu_check.project_paper({"unet": 100.0, "resnet50": 200.0}, {"unet": 300.0, "resnet50": 600.0})
+    p = budget.project_paper({"unet": 100.0, "resnet50": 200.0}, {"unet": 300.0, "resnet50": 600.0})
     assert p["hours_two_gpus"] == pytest.approx(p["hours_one_gpu"] / 1.9, rel=0.01)
 
 

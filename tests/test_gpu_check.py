@@ -17,7 +17,8 @@ from torch import nn
 
 from pneumolib.cli import parse_args
 from pneumolib.commands import bench
-from pneumolib.commands import gpu_check as g
+from pneumolib.commands.gpu import advice, budget, check, children, command, measure
+from pneumolib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,12 +57,12 @@ def test_wrapper_refuses_without_cuda(tmp_path):
 
 
 def test_bad_options_are_refused_before_cuda():
-    with pytest.raises(g.ConfigError, match="--quick"):
-        g.main(quick=True)
-    with pytest.raises(g.ConfigError, match="compile"):
-        g.main(skip="compile,nonsense")
-    with pytest.raises(g.ConfigError, match="budget"):
-        g.main(budget_s=5)
+    with pytest.raises(ConfigError, match="--quick"):
+        command.main(quick=True)
+    with pytest.raises(ConfigError, match="compile"):
+        command.main(skip="compile,nonsense")
+    with pytest.raises(ConfigError, match="budget"):
+        command.main(budget_s=5)
 
 
 def test_cli_parses_gpu_options():
@@ -83,33 +84,33 @@ def test_plain_bench_cuda_part_points_at_gpu(tmp_path, monkeypatch):
 
 # -- peaks ----------------------------------------------------------------------------------
 def test_peaks_lookup_by_whole_words():
-    assert g.gpu_peaks("NVIDIA H200")["matched"] == "H200"
-    assert g.gpu_peaks("NVIDIA H200 NVL")["matched"] == "H200 NVL"
-    assert g.gpu_peaks("NVIDIA H100 80GB HBM3")["matched"] == "H100"
-    assert g.gpu_peaks("NVIDIA A100-SXM4-80GB")["matched"] == "A100"
-    assert g.gpu_peaks("NVIDIA A10")["matched"] == "A10"
-    assert g.gpu_peaks("NVIDIA A10G") is None  # not an A10, not an A100
-    assert g.gpu_peaks("NVIDIA L40S")["matched"] == "L40S"
-    assert g.gpu_peaks("NVIDIA L4")["matched"] == "L4"
-    assert "bf16" not in g.gpu_peaks("Tesla V100-SXM2-16GB")
-    assert g.gpu_peaks(None) is None and g.gpu_peaks("Some GPU") is None
-    for _, peaks in g.GPU_PEAKS_TFLOPS:  # dense tensor-core peaks are above the plain fp32 one
+    assert budget.gpu_peaks("NVIDIA H200")["matched"] == "H200"
+    assert budget.gpu_peaks("NVIDIA H200 NVL")["matched"] == "H200 NVL"
+    assert budget.gpu_peaks("NVIDIA H100 80GB HBM3")["matched"] == "H100"
+    assert budget.gpu_peaks("NVIDIA A100-SXM4-80GB")["matched"] == "A100"
+    assert budget.gpu_peaks("NVIDIA A10")["matched"] == "A10"
+    assert budget.gpu_peaks("NVIDIA A10G") is None  # not an A10, not an A100
+    assert budget.gpu_peaks("NVIDIA L40S")["matched"] == "L40S"
+    assert budget.gpu_peaks("NVIDIA L4")["matched"] == "L4"
+    assert "bf16" not in budget.gpu_peaks("Tesla V100-SXM2-16GB")
+    assert budget.gpu_peaks(None) is None and budget.gpu_peaks("Some GPU") is None
+    for _, peaks in budget.GPU_PEAKS_TFLOPS:  # dense tensor-core peaks are above the plain fp32 one
         assert peaks["fp16"] >= peaks["fp32"]
 
 
 def test_peak_kind_and_fraction():
-    assert g.peak_kind("16-mixed", True) == "fp16"
-    assert g.peak_kind("bf16-mixed", True) == "bf16"
-    assert g.peak_kind("32-true", True) == "tf32"
-    assert g.peak_kind("32-true", False) == "fp32"
+    assert budget.peak_kind("16-mixed", True) == "fp16"
+    assert budget.peak_kind("bf16-mixed", True) == "bf16"
+    assert budget.peak_kind("32-true", True) == "tf32"
+    assert budget.peak_kind("32-true", False) == "fp32"
     row = {"precision": "32-true", "train_images_per_s": 100.0, "eval_images_per_s": 300.0}
-    g.add_flops(row, {"train_per_image": 10**12, "forward_per_image": 3 * 10**11}, g.gpu_peaks("NVIDIA H200"), True)
+    measure.add_flops(row, {"train_per_image": 10**12, "forward_per_image": 3 * 10**11}, budget.gpu_peaks("NVIDIA H200"), True)
     assert row["achieved_tflops"] == 100.0 and row["peak_kind"] == "tf32"
     assert row["fraction_of_peak"] == pytest.approx(100 / 494.7, abs=1e-4)
     assert row["fraction_of_fp32_peak"] == pytest.approx(100 / 66.9, abs=1e-4)
     assert row["eval_achieved_tflops"] == 90.0
     bare = {"precision": "bf16-mixed", "train_images_per_s": 1.0}
-    g.add_flops(bare, {"train_per_image": 10**12, "forward_per_image": 1}, g.gpu_peaks("Tesla T4"), True)
+    measure.add_flops(bare, {"train_per_image": 10**12, "forward_per_image": 1}, budget.gpu_peaks("Tesla T4"), True)
     assert "fraction_of_peak" not in bare and bare["peak_kind"] == "bf16"
 
 
@@ -124,7 +125,7 @@ class Clock:
 
 def test_budget_with_a_fake_clock():
     c = Clock()
-    b = g.Budget(100, reserve_s=10, clock=c, already_used_s=4)
+    b = budget.Budget(100, reserve_s=10, clock=c, already_used_s=4)
     assert b.used() == 4 and b.usable() == 86
     c.t += 80
     assert b.allows(6) and not b.allows(6.5)
@@ -144,23 +145,23 @@ def test_time_steps_syncs_only_at_window_ends():
     def sync():
         log.append("sync")
 
-    tm = g.time_steps(step, sync, warmup=2, probe=2, window_s=0.5, windows=3, min_steps=1, max_steps=40, clock=c)
+    tm = budget.time_steps(step, sync, warmup=2, probe=2, window_s=0.5, windows=3, min_steps=1, max_steps=40, clock=c)
     assert tm["steps"] == 5 and tm["seconds"] == pytest.approx([0.5, 0.5, 0.5])
     assert tm["warmup_s"] == pytest.approx(0.2) and tm["probe_step_s"] == pytest.approx(0.1)
     # warm-up, probe, then each window: its steps and one sync at its end
     assert log == ["step"] * 2 + ["sync"] + ["step"] * 2 + ["sync"] + (["step"] * 5 + ["sync"]) * 3
-    slow = g.time_steps(lambda: setattr(c, "t", c.t + 10), lambda: None, window_s=1.5, min_steps=3, clock=c)
+    slow = budget.time_steps(lambda: setattr(c, "t", c.t + 10), lambda: None, window_s=1.5, min_steps=3, clock=c)
     assert slow["steps"] == 3  # never fewer than min_steps
 
 
 def test_measure_on_cpu_and_oom_is_a_row():
-    s = g.Settings(size=16, batch_size=2, warmup_steps=1, probe_steps=1, window_s=0.01, windows=2, min_steps=1,
+    s = measure.Settings(size=16, batch_size=2, warmup_steps=1, probe_steps=1, window_s=0.01, windows=2, min_steps=1,
                    max_steps=2, eval_window_s=0.01)
 
     def tiny(arch, s_):
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 1))
 
-    row = g.measure("unet", "32-true", True, s, torch.device("cpu"), builder=tiny)
+    row = measure.measure("unet", "32-true", True, s, torch.device("cpu"), builder=tiny)
     assert "error" not in row, row
     assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
     assert len(row["train_images_per_s_windows"]) == 2 and row["channels_last"] is True
@@ -174,7 +175,7 @@ def test_measure_on_cpu_and_oom_is_a_row():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     old = torch.backends.cudnn.benchmark
-    row = g.measure("unet", "32-true", False, s, torch.device("cpu"), builder=lambda a, s_: Boom(),
+    row = measure.measure("unet", "32-true", False, s, torch.device("cpu"), builder=lambda a, s_: Boom(),
                     cudnn_benchmark=not old)
     assert row["oom"] is True and row["error"].startswith("out of memory in train")
     assert "train_images_per_s" not in row
@@ -183,7 +184,7 @@ def test_measure_on_cpu_and_oom_is_a_row():
 
 def test_count_flops_of_a_conv():
     model = nn.Conv2d(1, 1, 3, padding=1, bias=False)
-    f = g.count_flops(model, 8, torch.device("cpu"))
+    f = measure.count_flops(model, 8, torch.device("cpu"))
     fwd = 2 * 8 * 8 * 9  # 2 FLOPs per multiply-add, 64 outputs x 9 taps
     assert f["forward_per_image"] == fwd
     assert f["train_per_image"] == 2 * fwd  # forward + weight gradient (no input gradient)
@@ -195,12 +196,12 @@ RE = {"unet": 400.0, "resnet50": 800.0}
 
 
 def test_projection_arithmetic():
-    assert g.paper_items() == {"train": 13890, "val": 1543, "test": 1952}
+    assert budget.paper_items() == {"train": 13890, "val": 1543, "test": 1952}
     ev = 1543 + 1952
     unet_run = 50 * (13890 / 100 + ev / 400) + ev / 400
     resnet_run = 50 * (13890 / 200 + ev / 800) + ev / 800
     total = 7 * unet_run + 1 * resnet_run
-    p = g.project_paper(RT, RE)
+    p = budget.project_paper(RT, RE)
     assert p["hours_compute_only_one_gpu"] == pytest.approx(total / 3600, abs=0.01)
     assert p["hours_one_gpu"] == pytest.approx(total / 3600, abs=0.01)
     assert p["hours_two_gpus"] == pytest.approx(total / 3600 / 1.9, abs=0.01)
@@ -209,13 +210,13 @@ def test_projection_arithmetic():
 
 
 def test_projection_with_measured_factors():
-    p = g.project_paper(RT, RE, end_to_end={1: 0.8}, visible_gpus=1)
+    p = budget.project_paper(RT, RE, end_to_end={1: 0.8}, visible_gpus=1)
     comp = p["hours_compute_only_one_gpu"]
     assert p["hours_one_gpu"] == pytest.approx(comp / 0.8, rel=0.01)
     assert p["hours_two_gpus"] == pytest.approx(comp / (0.8 * 1.9), rel=0.01)
     assert p["gpus"]["1"]["factor_source"].startswith("measured")
     assert "assumed" in p["gpus"]["2"]["factor_source"] and "0.800 measured" in p["gpus"]["2"]["factor_source"]
-    q = g.project_paper(RT, RE, end_to_end={1: 0.8, 4: 2.4}, visible_gpus=4)
+    q = budget.project_paper(RT, RE, end_to_end={1: 0.8, 4: 2.4}, visible_gpus=4)
     assert set(q["gpus"]) == {"1", "2", "4"}
     assert q["hours_visible_gpus"] == pytest.approx(comp / 2.4, rel=0.01)
     assert q["gpus"]["4"]["measured_speedup_over_one_gpu"] == pytest.approx(3.0)
@@ -223,11 +224,11 @@ def test_projection_with_measured_factors():
 
 
 def test_choose_epoch_images_fits_the_allotment():
-    assert g.choose_epoch_images(300.0, 900.0, 120, 2) == 1024
-    small = g.choose_epoch_images(30.0, 90.0, 100, 2)
+    assert budget.choose_epoch_images(300.0, 900.0, 120, 2) == 1024
+    small = budget.choose_epoch_images(30.0, 90.0, 100, 2)
     assert small is not None and small < 1024
-    assert g.choose_epoch_images(30.0, 90.0, 40, 1) is None  # the fixed costs alone do not fit
-    assert g.choose_epoch_images(None, None, 200, 1) is not None  # no rate measured: a guess
+    assert budget.choose_epoch_images(30.0, 90.0, 40, 1) is None  # the fixed costs alone do not fit
+    assert budget.choose_epoch_images(None, None, 200, 1) is not None  # no rate measured: a guess
 
 
 # -- recommendations on a fake result -------------------------------------------------------
@@ -254,11 +255,11 @@ def test_recommendations_from_a_fake_result():
                             "on": _row("resnet50", "16-mixed", True, 396)}}},
            "compile": {"precision": "16-mixed", "channels_last": True,
                        "rows": {"unet": {"arch": "unet", "train_images_per_s": 121.0, "train_warmup_s": 55.0}}}}
-    rec = g.recommend(res)
+    rec = advice.recommend(res)
     p = rec["precision"]
     assert p["favoured"] == "bf16-mixed" and p["default"] == "16-mixed"
     assert p["recommended"] == "16-mixed" and p["change_default"] is False  # 1-2 % is within noise
-    assert "within noise" in p["basis"] and set(p["projected_compute_hours_one_gpu"]) == set(g.PRECISIONS_CUDA)
+    assert "within noise" in p["basis"] and set(p["projected_compute_hours_one_gpu"]) == set(budget.PRECISIONS_CUDA)
     c = rec["channels_last"]
     assert c["recommended"] is True and c["change_default"] is True and c["at_precision"] == "16-mixed"
     assert c["gain_over_default"] == pytest.approx(0.2, abs=0.01)
@@ -272,7 +273,7 @@ def test_recommendations_from_a_fake_result():
 
 
 def test_recommendations_without_measurements_keep_the_defaults():
-    rec = g.recommend({"rows": [], "compile": {"skipped": "budget: needs about 120 s"}})
+    rec = advice.recommend({"rows": [], "compile": {"skipped": "budget: needs about 120 s"}})
     assert rec["change"] == {}
     assert rec["precision"]["favoured"] is None and rec["precision"]["recommended"] == "16-mixed"
     assert rec["compile"]["recommended"] is False and "needs about 120 s" in rec["compile"]["basis"]
@@ -309,7 +310,7 @@ def _fakes(clock: Clock, cost: float):
 
 def test_json_schema_of_a_fake_run(tmp_path):
     c = Clock()
-    res = g.run_gpu_check(out=tmp_path / "results", budget_s=300, work=tmp_path / "work",
+    res = check.run_gpu_check(out=tmp_path / "results", budget_s=300, work=tmp_path / "work",
                           device=torch.device("cpu"), clock=c, echo=lambda s: None, **_fakes(c, 2.0))
     path = Path(res["_path"])
     assert path.parent == tmp_path / "results" and path.name.startswith("gpu-") and path.suffix == ".json"
@@ -319,14 +320,14 @@ def test_json_schema_of_a_fake_run(tmp_path):
                 "compile", "projection", "recommendations", "budget", "parts", "skipped", "errors",
                 "seconds_total"):
         assert key in data, key
-    assert data["schema"] == g.SCHEMA and data["complete"] is True and data["errors"] == []
+    assert data["schema"] == budget.SCHEMA and data["complete"] is True and data["errors"] == []
     order = [p["part"] for p in data["parts"]]
     # priority: core rows, the epoch, bf16 / channels-last, the U-Net's switches, fp32, the ResNet-50's
     assert order.index("epoch") < order.index("row:unet:bf16-mixed:cl=False") < order.index("compile:unet") \
         < order.index("row:unet:32-true:cl=False") < order.index("compile:resnet50")
     assert data["skipped"] == [] and data["budget"]["seconds_used"] <= 300
     assert {(r["arch"], r["precision"], r["channels_last"]) for r in data["rows"]} == {
-        (a, p, cl) for a in g.ARCHS for p in g.PRECISIONS_CUDA for cl in (False, True)}
+        (a, p, cl) for a in budget.ARCHS for p in budget.PRECISIONS_CUDA for cl in (False, True)}
     for r in data["rows"]:
         assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["achieved_tflops"] > 0
         assert r["peak_kind"] in ("fp16", "bf16", "tf32", "fp32")
@@ -344,13 +345,13 @@ def test_json_schema_of_a_fake_run(tmp_path):
                               "compile": True}
     # training 30 % faster; evaluation keeps the uncompiled rate, so the whole profile gains less
     assert 0.2 < rec["compile"]["gain_over_default"] < 0.3
-    table = g.format_gpu_table(data)
+    table = command.format_gpu_table(data)
     assert "recommend channels_last" in table and "projection: paper profile as configured" in table
 
 
 def test_budget_skips_parts_with_reasons(tmp_path):
     c = Clock()
-    res = g.run_gpu_check(out=tmp_path / "results", budget_s=100, work=tmp_path / "work",
+    res = check.run_gpu_check(out=tmp_path / "results", budget_s=100, work=tmp_path / "work",
                           device=torch.device("cpu"), clock=c, echo=lambda s: None, **_fakes(c, 10.0))
     data = json.loads(Path(res["_path"]).read_text())
     assert data["complete"] is True
@@ -378,7 +379,7 @@ def test_skip_option_and_oom_rows(tmp_path):
         return inner(arch, precision, cl, s, device, **kw)
 
     fakes["measure_fn"] = oom_fp32
-    res = g.run_gpu_check(out=tmp_path / "r", budget_s=300, work=tmp_path / "w", device=torch.device("cpu"),
+    res = check.run_gpu_check(out=tmp_path / "r", budget_s=300, work=tmp_path / "w", device=torch.device("cpu"),
                           clock=c, echo=lambda s: None, skip={"compile", "epoch"}, **fakes)
     assert res["compile"]["skipped"] == "--skip" and res["epoch"]["skipped"] == "--skip"
     ooms = [r for r in res["rows"] if r.get("oom")]
@@ -387,7 +388,7 @@ def test_skip_option_and_oom_rows(tmp_path):
     assert set(prec["projected_compute_hours_one_gpu"]) == {"16-mixed", "bf16-mixed"}  # 32-true ran out of memory
     assert "out of memory" in prec["not_compared"]["32-true"] and prec["favoured"] == "bf16-mixed"
     assert len(prec["projected_compute_hours_one_gpu"]) == 2 and "whole paper profile" in prec["basis"]
-    assert "out of memory" in g.format_gpu_table(res)
+    assert "out of memory" in command.format_gpu_table(res)
 
 
 # -- the epoch part's read-back ------------------------------------------------------------
@@ -413,7 +414,7 @@ def test_run_epoch_reads_back_the_run(tmp_path):
             (run / "config.json").write_text(json.dumps({"precision": "16-mixed", "strategy": "ddp", "devices": "2"}))
         return {"rc": 0, "timed_out": False, "seconds": 30.0, "log": str(log)}
 
-    r = g.run_epoch(tmp_path, 256, 2, 2, 100, runner=runner)
+    r = children.run_epoch(tmp_path, 256, 2, 2, 100, runner=runner)
     phantom, train = calls
     assert phantom[phantom.index("--layout") + 1] == "siim-dicom" and phantom[phantom.index("--n") + 1] == "256"
     assert train[train.index("--profile") + 1] == "paper" and train[train.index("--strategy") + 1] == "ddp"
@@ -429,12 +430,12 @@ def test_run_epoch_reads_back_the_run(tmp_path):
         log.write_text("epoch 0 ...\n")
         return {"rc": -15, "timed_out": True, "seconds": timeout_s, "log": str(log)}
 
-    r = g.run_epoch(tmp_path / "k", 128, 1, 1, 50, runner=killed)
+    r = children.run_epoch(tmp_path / "k", 128, 1, 1, 50, runner=killed)
     assert "timed out" in r["error"] and "epoch 0" in r["log_tail"]
 
 
 def test_run_subprocess_times_out_and_ends_the_group(tmp_path):
-    r = g.run_subprocess([sys.executable, "-c", "import time; time.sleep(30)"], 1.0, tmp_path / "x.log")
-    assert r["timed_out"] is True and r["seconds"] < 15 and not g._CHILD_GROUPS
-    ok = g.run_subprocess([sys.executable, "-c", "print('hi')"], 30, tmp_path / "y.log")
+    r = children.run_subprocess([sys.executable, "-c", "import time; time.sleep(30)"], 1.0, tmp_path / "x.log")
+    assert r["timed_out"] is True and r["seconds"] < 15 and not children._CHILD_GROUPS
+    ok = children.run_subprocess([sys.executable, "-c", "print('hi')"], 30, tmp_path / "y.log")
     assert ok["rc"] == 0 and not ok["timed_out"] and "hi" in Path(ok["log"]).read_text()

@@ -16,7 +16,7 @@ Four parts, each a function returning plain JSON-able dicts, put together by :fu
 * ``cuda`` -- a pointer only: the GPU measurements (512 px speed of both models per precision
   and memory format, peak memory, FLOP/s against the card's peak, one epoch of the ``paper``
   profile, its projected wall time, the recommended GPU switches) are ``pneumo bench --gpu``
-  (:mod:`pneumolib.commands.gpu_check`), which keeps to a time budget and writes its own
+  (:mod:`pneumolib.commands.gpu`), which keeps to a time budget and writes its own
   ``gpu-<hostname>-<date>.json``. Here the part records ``{"skipped": "no CUDA"}`` on CPU and
   where to look on a GPU machine, so that this command's run time and JSON stay the same
   everywhere and the GPU numbers are measured under one set of rules only.
