@@ -332,7 +332,8 @@ def split_tables(obj: Any, cfg: "Config | None" = None,
                 raise DataError("split_tables(source) needs cfg (the seed and fractions)")
             y = np.asarray([r.has_pneumo for r in obj.records])
             ids = [r.image_id for r in obj.records]
-        splits = {p: make_split(y, ids, p, cfg.seed, cfg.test_frac, cfg.val_frac, cfg.paper_augment)
+        seed = cfg.seed if getattr(cfg, "split_seed", None) is None else int(cfg.split_seed)  # as the runs' own split
+        splits = {p: make_split(y, ids, p, seed, cfg.test_frac, cfg.val_frac, cfg.paper_augment)
                   for p in protocols}
     tables = pd.concat({p: split_table(s) for p, s in splits.items()}, names=["protocol", "split"])
     leak = pd.DataFrame.from_dict({p: leakage(s) for p, s in splits.items()}, orient="index")

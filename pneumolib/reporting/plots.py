@@ -216,10 +216,14 @@ def study_bars(table: pd.DataFrame, x: str = "scenario", hue: Sequence[str] | st
                              squeeze=False)
     width = 0.8 / max(1, len(hues))
     cmap = plt.get_cmap("tab10")
+    # one all-empty baseline for every bar, or (rows on different test splits, e.g. the two
+    # protocols of the leakage study) each bar's own, drawn across that bar
+    one_base = "empty_baseline" in df and df["empty_baseline"].nunique() <= 1
     for ax, (metric, ptitle) in zip(axes.ravel(), panels):
+        labelled = False
         for j, h in enumerate(hues):
             sub = df[df["_hue"] == h].set_index(df[df["_hue"] == h][x].astype(str))
-            xs, ys, err = [], [], [[], []]
+            xs, ys, err, bases = [], [], [[], []], []
             for i, g in enumerate(groups):
                 if g not in sub.index:
                     continue
@@ -231,8 +235,14 @@ def study_bars(table: pd.DataFrame, x: str = "scenario", hue: Sequence[str] | st
                 ys.append(v)
                 err[0].append(max(0.0, v - lo) if np.isfinite(lo) else 0.0)
                 err[1].append(max(0.0, hi - v) if np.isfinite(hi) else 0.0)
+                bases.append(float(r.get("empty_baseline", np.nan)))
             ax.bar(xs, ys, width=width * 0.95, yerr=err, capsize=3, color=cmap(j % 10), label=h or None)
-        if metric == "dice_per_image" and "empty_baseline" in df:
+            if metric == "dice_per_image" and not one_base:
+                for xb, b in zip(xs, bases):
+                    ax.hlines(b, xb - width / 2, xb + width / 2, colors="k", linestyles="--", lw=1,
+                              label=None if labelled else "all-empty baseline (of each bar's test split)")
+                    labelled = True
+        if metric == "dice_per_image" and one_base and len(df):
             base = float(df["empty_baseline"].iloc[0])
             ax.axhline(base, ls="--", color="k", lw=1, label=f"all-empty baseline ({base:.3f})")
         ax.set_xticks(range(len(groups)))

@@ -41,7 +41,8 @@ STUDY_METRICS = ("dice_pooled", "dice_per_image", "dice_positive", "auc")
 WHICH_DICE = ("`dice_pooled`: Dice with intersections and areas summed over the test split (the paper's "
               "kind); `dice_per_image`: the Kaggle score (per-image Dice, 1 when truth and prediction are "
               "both empty; predicting all-empty scores `empty_baseline`). `[lo, hi]`: 95 % bootstrap "
-              "interval over test images (1,000 resamples).")
+              "interval over test images (1,000 resamples; whole source images with all their items where a "
+              "source has several test items, as under the paper protocol).")
 
 
 def _per_image(run: Path) -> pd.DataFrame:
