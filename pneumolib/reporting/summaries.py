@@ -207,6 +207,16 @@ def fmt_copy_through(df: pd.DataFrame) -> str:
                 "test images"], rows)
 
 
+def fmt_realism_short(df: pd.DataFrame) -> str:
+    """One line: the phantom against the real annotations (area KS, heat-map correlation)."""
+    q = df.set_index("quantity")["phantom"]
+    ks = q.get("area KS statistic (phantom vs real)")
+    corr = q.get("heat-map correlation (phantom vs real)")
+    return (f"Measured against the real SIIM-ACR annotation table (notebook 01), the phantom's positive mask "
+            f"areas differ by a two-sample Kolmogorov-Smirnov statistic of **{ks}** and its mean location heat "
+            f"map correlates with the real one at Pearson **r = {corr}** ([docs/DATA.md](docs/DATA.md)).\n")
+
+
 def fmt_leakage(df: pd.DataFrame) -> str:
     rows = [[f"`{r['scenario']}`", r["protocol"], r["test_items"], f"{int(r['n_test_images'])} ({int(r['n_positive'])})",
              int(r["leaked_test_items"]), _ci(r, "dice_pooled"), _ci(r, "dice_per_image")] for _, r in df.iterrows()]
@@ -248,7 +258,7 @@ def fmt_stamp(stamp: dict[str, Any]) -> str:
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
-    "table4": fmt_table4, "pairs": fmt_pairs, "realism": fmt_realism, "copy_through": fmt_copy_through, "leakage": fmt_leakage, "image_level": fmt_image_level,
+    "table4": fmt_table4, "pairs": fmt_pairs, "realism": fmt_realism, "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage, "image_level": fmt_image_level,
     "pretext": fmt_pretext, "label_efficiency": fmt_label_efficiency,
 }
 
@@ -270,7 +280,8 @@ def block(key: str, root: Path = SUMMARIES) -> str:
         return fmt_timing(frames)
     if name not in FORMATTERS:
         raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
-    return FORMATTERS[name](pd.read_csv(folder / f"{name}.csv"))
+    csv_name = "realism" if name == "realism_short" else name
+    return FORMATTERS[name](pd.read_csv(folder / f"{csv_name}.csv"))
 
 
 # -- render / check ---------------------------------------------------------------------------------
