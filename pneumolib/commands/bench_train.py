@@ -118,11 +118,30 @@ def time_lightning(model: nn.Module, batch_size: int, size: int, steps: int, war
     return timer.seconds
 
 
+def plain_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               dtype: torch.dtype | None, scaler: Any = None) -> None:
+    """One step of the benchmarks' plain PyTorch reference loop: BCE + Dice under autocast
+    (``dtype`` None: full precision), with ``scaler`` (a GradScaler, for float16) when given.
+    A model may return ``(mask logits, class logit)``; the loss uses the mask logits."""
+    from pneumolib.models.unet import split_output
+    from pneumolib.training.losses import bce_dice_loss
+
+    opt.zero_grad(set_to_none=True)
+    ctx = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with ctx:
+        loss = bce_dice_loss(split_output(model(x))[0], y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 def time_plain(model: nn.Module, batch_size: int, size: int, steps: int, warmup: int,
                precision: str, device: torch.device, channels_last: bool = False) -> float:
     """Seconds for ``steps`` steady-state steps of a plain loop doing the same work."""
-    from pneumolib.training.losses import bce_dice_loss
-
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -140,17 +159,7 @@ def time_plain(model: nn.Module, batch_size: int, size: int, steps: int, warmup:
         y = batch["mask"].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        opt.zero_grad(set_to_none=True)
-        with ctx:
-            loss = bce_dice_loss(model(x), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        plain_step(model, opt, x, y, dtype, scaler)
     sync(device)
     return time.perf_counter() - t0  # type: ignore[operator]
 

@@ -118,7 +118,7 @@ def _measure_into(row: dict[str, Any], arch: str, precision: str, channels_last:
                   device: torch.device, compile: bool, eval_too: bool, builder: Callable[[str, Settings], nn.Module],
                   clock: Callable[[], float]) -> None:
     """Fills ``row`` as it goes (a later out-of-memory keeps the numbers before it)."""
-    from pneumolib.training.losses import bce_dice_loss
+    from pneumolib.commands.bench_train import plain_step
 
     dtype = AUTOCAST_DTYPE.get(precision)
     torch.manual_seed(0)
@@ -136,16 +136,7 @@ def _measure_into(row: dict[str, Any], arch: str, precision: str, channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
     def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with _autocast(device, dtype):
-            loss = bce_dice_loss(_logits(model(x)), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        plain_step(model, opt, x, y, dtype, scaler)
 
     timing: dict[str, Any] = {"warmup": s.warmup_steps, "probe": s.probe_steps, "windows": s.windows,
                               "min_steps": s.min_steps, "max_steps": s.max_steps, "clock": clock}
