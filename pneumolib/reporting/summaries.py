@@ -183,13 +183,21 @@ def fmt_pairs(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def fmt_timing(frames: dict[str, pd.DataFrame]) -> str:
+def fmt_timing(frames: dict[str, pd.DataFrame], walls: dict[str, dict[str, Any]] | None = None) -> str:
+    """Seconds per notebook of each run; ``walls`` (``RUN.json`` ``timings``) adds the wall
+    clock of ``pneumo reproduce`` and of ``./setup.sh`` when they were recorded."""
     labels = sorted(frames)
+    walls = walls or {}
     names = list(dict.fromkeys(n for f in frames.values() for n in f["notebook"]))
     rows = []
     for n in names:
         rows.append([f"`{n}`", *[_f(frames[k].set_index("notebook")["seconds"].get(n), 1) for k in labels]])
     rows.append(["**all notebooks**", *[f"**{_f(frames[k]['seconds'].sum() / 60, 1)} min**" for k in labels]])
+    for key, what in (("reproduce_wall_seconds", "`pneumo reproduce`, wall clock"),
+                      ("setup_seconds", "`./setup.sh` in the fresh clone, before it")):
+        if any(key in walls.get(k, {}) for k in labels):
+            rows.append([what, *[f"{walls.get(k, {}).get(key, 0) / 60:.1f} min" if key in walls.get(k, {}) else ""
+                                 for k in labels]])
     return _md(["notebook", *[f"seconds, run {k}" for k in labels]], rows)
 
 
@@ -275,9 +283,15 @@ def block(key: str, root: Path = SUMMARIES) -> str:
             raise FileNotFoundError(f"no timing-*.csv in {folder}: collect a run with timing first")
         if name == "timing_total":
             mins = " and ".join(f"{frames[k]['seconds'].sum() / 60:.1f}" for k in sorted(frames))
+            walls = (json.loads((folder / "RUN.json").read_text()).get("timings") or {}) \
+                if (folder / "RUN.json").exists() else {}
+            setup = " and ".join(f"{walls[k]['setup_seconds'] / 60:.1f}" for k in sorted(frames)
+                                 if "setup_seconds" in walls.get(k, {}))
             return (f"All notebooks of the demo took **{mins} min** on this project's 2-core CPU machine "
-                    f"({len(frames)} run{'s' if len(frames) != 1 else ''} from a fresh clone and an empty cache).\n")
-        return fmt_timing(frames)
+                    f"({len(frames)} run{'s' if len(frames) != 1 else ''} from a fresh clone and an empty cache"
+                    + (f"; `./setup.sh` before them took {setup} min" if setup else "") + ").\n")
+        stamp = json.loads((folder / "RUN.json").read_text()) if (folder / "RUN.json").exists() else {}
+        return fmt_timing(frames, stamp.get("timings"))
     if name not in FORMATTERS:
         raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
     csv_name = "realism" if name == "realism_short" else name
