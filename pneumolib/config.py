@@ -244,12 +244,14 @@ PROFILES: dict[str, Config] = {
         batch_size=8, max_epochs=2, ae_max_epochs=2, patience=5, num_workers=0, torch_threads=1,
         online_aug=True, resnet_encoder="resnet18", resnet_fallback_random=True, progress=False,
     ),
-    # The whole paper pipeline on two CPU cores in well under ten minutes: a phantom at 64 px,
+    # The whole paper pipeline on two CPU cores in under ten minutes: a phantom at 64 px,
     # a base-8 U-Net, a 10x learning rate, 8 epochs (enough with the head prior: see
     # head_prior), and a ResNet-18 encoder with a halved decoder standing in for ResNet-50
     # (a ResNet-50 epoch alone would take ~40 s). 60 % of the 1,600 phantom images are held
-    # out for test: inference is cheap next to training, and ~960 test images (~210
-    # positive) narrow the 95 % interval of pooled Dice to about +-0.05 (625 gave +-0.065);
+    # out for test: ~960 test images (~210 positive) give 95 % intervals of pooled Dice of
+    # +-0.05 to +-0.07 for one seed (+-0.054 to +-0.064 for the mean of three; docs/RESULTS.md).
+    # Halving that would take four times the test images; even ~1,500 (+-0.05) would add about
+    # a minute of per-epoch test passes (Figures 5-7 need them) and push the demo past 10 min;
     # the rest gives ~540 training images and a validation split of ~100 for early
     # stopping, the best checkpoint and every choice made on validation.
     "demo": Config(

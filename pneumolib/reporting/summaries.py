@@ -183,6 +183,15 @@ def fmt_pairs(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
+def fmt_pairs_short(df: pd.DataFrame) -> str:
+    """One paragraph for the README: how many pairs are told apart, and which are not."""
+    rest = df[df["told_apart"].astype(str).str.lower() != "true"]
+    names = ", ".join(f"`{r['a']}` / `{r['b']}`" for _, r in rest.iterrows()) or "none"
+    return (f"**{len(df) - len(rest)} of the {len(df)} pairs** of scenarios are told apart (the 95 % paired "
+            f"bootstrap interval of their difference in pooled Dice excludes 0); not told apart: {names} "
+            "([docs/RESULTS.md](docs/RESULTS.md)).\n")
+
+
 def fmt_timing(frames: dict[str, pd.DataFrame], walls: dict[str, dict[str, Any]] | None = None) -> str:
     """Seconds per notebook of each run; ``walls`` (``RUN.json`` ``timings``) adds the wall
     clock of ``pneumo reproduce`` and of ``./setup.sh`` when they were recorded."""
@@ -266,7 +275,9 @@ def fmt_stamp(stamp: dict[str, Any]) -> str:
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
-    "table4": fmt_table4, "pairs": fmt_pairs, "realism": fmt_realism, "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage, "image_level": fmt_image_level,
+    "table4": fmt_table4, "pairs": fmt_pairs, "pairs_short": fmt_pairs_short, "realism": fmt_realism,
+    "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage,
+    "image_level": fmt_image_level,
     "pretext": fmt_pretext, "label_efficiency": fmt_label_efficiency,
 }
 
@@ -294,7 +305,7 @@ def block(key: str, root: Path = SUMMARIES) -> str:
         return fmt_timing(frames, stamp.get("timings"))
     if name not in FORMATTERS:
         raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
-    csv_name = "realism" if name == "realism_short" else name
+    csv_name = name.removesuffix("_short")
     return FORMATTERS[name](pd.read_csv(folder / f"{csv_name}.csv"))
 
 
