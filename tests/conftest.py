@@ -31,6 +31,27 @@ def pneumo_env(tmp_path, session_cache, monkeypatch) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def render_fails_after(monkeypatch):
+    """Make the phantom's image renderer raise ``RuntimeError("disk on fire")`` after
+    ``n`` images: ``render_fails_after(3)`` (an interrupted write, in this process)."""
+    from pneumolib.data.phantom import compose
+
+    def arm(n: int) -> None:
+        calls = []
+        real = compose.render
+
+        def failing(index, *args, **kwargs):
+            calls.append(index)
+            if len(calls) > n:
+                raise RuntimeError("disk on fire")
+            return real(index, *args, **kwargs)
+
+        monkeypatch.setattr(compose, "render", failing)
+
+    return arm
+
+
 def run_pneumo(args: list[str], env: dict[str, str], timeout: float = 300, check: bool = True):
     """Run the ``pneumo`` CLI in a subprocess; on failure show its output."""
     proc = subprocess.run(PNEUMO + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pneumolib.config import get_config
 from pneumolib.data import phantom
-from pneumolib.data.phantom import compose, jobs, knobs
+from pneumolib.data.phantom import jobs, knobs
 from pneumolib.errors import ConfigError, DataError
 
 NAME = re.compile(r"^(\d+)_(train|test)_([01])_\.png$")
@@ -176,17 +176,8 @@ def test_parallel_and_serial_writes_are_identical(tmp_path):
     assert (a / "stage_1_train_images.csv").read_text() == (b / "stage_1_train_images.csv").read_text()
 
 
-def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    calls = []
-    real = compose.render
-
-    def failing(index, *args, **kwargs):
-        calls.append(index)
-        if len(calls) > 3:
-            raise RuntimeError("disk on fire")
-        return real(index, *args, **kwargs)
-
-    monkeypatch.setattr(compose, "render", failing)
+def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, render_fails_after):
+    render_fails_after(3)
     with pytest.raises(RuntimeError, match="disk on fire"):
         phantom.write_phantom(tmp_path / "ph", n=10, size=64, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []        # no final folder, no partial sibling

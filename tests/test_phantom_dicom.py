@@ -16,7 +16,7 @@ from conftest import run_pneumo
 
 from pneumolib.config import get_config
 from pneumolib.data import detect_kind, open_source, phantom
-from pneumolib.data.phantom import compose, dicom
+from pneumolib.data.phantom import dicom
 from pneumolib.data.rle import decode
 from pneumolib.errors import ConfigError, DataError
 
@@ -141,7 +141,7 @@ def test_split_annotations_and_annotation_plan():
         "1.2.276.0.7230010.3.1.3.8323329.5597.1517875188.959088")
 
 
-def test_reuse_refusal_atomicity_and_parallel_writes(tmp_path, monkeypatch):
+def test_reuse_refusal_atomicity_and_parallel_writes(tmp_path, render_fails_after):
     kw = dict(size=64, progress=False, layout="siim-dicom")
     a = phantom.write_phantom(tmp_path / "a", 16, workers=1, **kw)
     b = phantom.write_phantom(tmp_path / "b", 16, workers=2, **kw)
@@ -160,16 +160,7 @@ def test_reuse_refusal_atomicity_and_parallel_writes(tmp_path, monkeypatch):
         phantom.write_phantom(tmp_path / "x", 4, 64, layout="dicom")
     with pytest.raises(ConfigError, match="junk"):
         phantom.write_phantom(tmp_path / "x", 4, 64, junk=2)
-    calls = []
-    real = compose.render
-
-    def failing(index, *args, **kwargs):
-        calls.append(index)
-        if len(calls) > 3:
-            raise RuntimeError("disk on fire")
-        return real(index, *args, **kwargs)
-
-    monkeypatch.setattr(compose, "render", failing)
+    render_fails_after(3)
     with pytest.raises(RuntimeError, match="disk on fire"):
         phantom.write_phantom(tmp_path / "c", 10, workers=1, **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
