@@ -292,17 +292,16 @@ def block(key: str, root: Path = SUMMARIES) -> str:
         frames = {p.stem.removeprefix("timing-"): pd.read_csv(p) for p in sorted(folder.glob("timing-*.csv"))}
         if not frames:
             raise FileNotFoundError(f"no timing-*.csv in {folder}: collect a run with timing first")
+        walls = (json.loads((folder / "RUN.json").read_text()).get("timings") or {}) \
+            if (folder / "RUN.json").exists() else {}
         if name == "timing_total":
             mins = " and ".join(f"{frames[k]['seconds'].sum() / 60:.1f}" for k in sorted(frames))
-            walls = (json.loads((folder / "RUN.json").read_text()).get("timings") or {}) \
-                if (folder / "RUN.json").exists() else {}
             setup = " and ".join(f"{walls[k]['setup_seconds'] / 60:.1f}" for k in sorted(frames)
                                  if "setup_seconds" in walls.get(k, {}))
             return (f"All notebooks of the demo took **{mins} min** on this project's 2-core CPU machine "
                     f"({len(frames)} run{'s' if len(frames) != 1 else ''} from a fresh clone and an empty cache"
                     + (f"; `./setup.sh` before them took {setup} min" if setup else "") + ").\n")
-        stamp = json.loads((folder / "RUN.json").read_text()) if (folder / "RUN.json").exists() else {}
-        return fmt_timing(frames, stamp.get("timings"))
+        return fmt_timing(frames, walls)
     if name not in FORMATTERS:
         raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
     csv_name = name.removesuffix("_short")

@@ -11,6 +11,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pneumolib.config import PROFILES
+
 from .budget import ARCHS, AUTOCAST_DTYPE, peak_kind, time_steps
 
 
@@ -19,10 +21,10 @@ from .budget import ARCHS, AUTOCAST_DTYPE, peak_kind, time_steps
 class Settings:
     """Sizes and timing of the speed rows (defaults: the ``paper`` profile's model and batch)."""
 
-    size: int = 512
-    batch_size: int = 32
-    base_width: int = 64
-    unet_norm: str = "none"
+    size: int = PROFILES["paper"].image_size
+    batch_size: int = PROFILES["paper"].batch_size
+    base_width: int = PROFILES["paper"].base_width
+    unet_norm: str = PROFILES["paper"].unet_norm
     warmup_steps: int = 3
     probe_steps: int = 2
     window_s: float = 1.2
