@@ -18,3 +18,9 @@ class ConfigError(PneumoError):
 
 class WeightsError(PneumoError):
     """Pretrained weights or a checkpoint cannot be loaded."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A weights file is a pickle that needs arbitrary code to load (it asks for globals
+    such as ``posix.system``); it was refused by ``torch.load(weights_only=True)`` and
+    nothing in it was run."""

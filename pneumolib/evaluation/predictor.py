@@ -17,6 +17,7 @@ import torch
 
 from pneumolib.errors import ConfigError, PneumoError, WeightsError
 from pneumolib.models.unet import split_output
+from pneumolib.models.weights_io import load_checkpoint_file
 from pneumolib.prep.augment import resize_image, to_uint8
 
 __all__ = ["DEFAULT_THRESHOLD", "POSTPROCESS_FILE", "PostProcess", "Predictor", "load_predictor",
@@ -229,19 +230,14 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _read_state(weights: Path) -> dict[str, torch.Tensor]:
-    try:
-        if weights.suffix == ".ckpt":
-            # a Lightning checkpoint of our own training (trusted: it is not only tensors)
-            obj = torch.load(weights, map_location="cpu", weights_only=False)
-            obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-            if isinstance(obj, dict):
-                obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")} or obj
-        else:
-            obj = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip, EOF errors of every kind
-        raise WeightsError(f"checkpoint {weights} cannot be read as PyTorch weights ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}). It may be truncated or not "
-                           f"a weights file: copy it again. {_RUN_HINT}.") from None
+    """The network's state dict in ``model.pt`` or a Lightning ``.ckpt``, loaded as data only
+    (:func:`~pneumolib.models.weights_io.load_checkpoint_file`: a file that needs pickle to run
+    code is refused with an :class:`~pneumolib.errors.UnsafeCheckpointError`, unrun)."""
+    obj = load_checkpoint_file(weights, "checkpoint", hint=f"{_RUN_HINT}.")
+    if weights.suffix == ".ckpt":  # a Lightning checkpoint: the module's keys start with model.
+        obj = obj.get("state_dict", obj)
+        if isinstance(obj, dict):
+            obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")} or obj
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"checkpoint {weights} holds no state_dict of tensors. {_RUN_HINT}.")
     return obj

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from pneumolib.errors import WeightsError
+from pneumolib.models.weights_io import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +119,21 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
             f"encoder_weights={str(path)!r}: no such file. Pass a torchvision ResNet-50 state "
             "dict (.pth) or a .safetensors file, 'imagenet', or 'none'."
         )
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise WeightsError(
-            f"encoder_weights={str(path)!r} cannot be read as a state dict "
-            f"({type(exc).__name__}: {exc}). Expected a torchvision ResNet-50 state dict saved "
-            "with torch.save(model.state_dict(), path) or a .safetensors file."
-        ) from exc
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+            raise WeightsError(
+                f"encoder_weights={str(path)!r} cannot be read as a state dict "
+                f"({type(exc).__name__}: {exc}). Expected a torchvision ResNet-50 state dict saved "
+                "with torch.save(model.state_dict(), path) or a .safetensors file."
+            ) from exc
+    else:  # as data only: a pickle that needs code raises UnsafeCheckpointError, unrun
+        state = load_checkpoint_file(
+            path, "encoder_weights", hint="Expected a torchvision ResNet-50 state dict saved with "
+            "torch.save(model.state_dict(), path) or a .safetensors file.")
     # Training checkpoints wrap the state dict; accept the two usual wrappers.
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict) and len(state) <= 4:
