@@ -7,8 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -125,13 +128,12 @@ class Clock:
 
 def test_budget_with_a_fake_clock():
     c = Clock()
-    b = budget.Budget(100, reserve_s=10, clock=c, already_used_s=4)
-    assert b.used() == 4 and b.usable() == 86
+    b = budget.Budget(100, reserve_s=10, clock=c, already_used_s=4, margin_s=5)
+    assert b.used() == 4 and b.usable() == 86 and b.distributable() == 81
     c.t += 80
-    assert b.allows(6) and not b.allows(6.5)
-    assert "needs about 7 s, 6 s of the 100 s budget left" in b.why_not(7)
+    assert b.usable() == 6 and b.distributable() == 1
     c.t += 50
-    assert b.left() < 0 and not b.allows(0) and "0 s of the 100 s" in b.why_not(1)
+    assert b.left() < 0 and b.distributable() == 0
 
 
 def test_time_steps_syncs_only_at_window_ends():
@@ -225,9 +227,10 @@ def test_projection_with_measured_factors():
 
 def test_choose_epoch_images_fits_the_allotment():
     assert budget.choose_epoch_images(300.0, 900.0, 120, 2) == 1024
-    small = budget.choose_epoch_images(30.0, 90.0, 100, 2)
+    small = budget.choose_epoch_images(30.0, 90.0, 60, 2)
     assert small is not None and small < 1024
-    assert budget.choose_epoch_images(30.0, 90.0, 40, 1) is None  # the fixed costs alone do not fit
+    assert budget.choose_epoch_images(30.0, 90.0, 40, 1, fixed_s=45) is None  # the fixed costs alone do not fit
+    assert budget.choose_epoch_images(300.0, 900.0, 120, 2, max_images=600) == 512  # the phantom's limit
     assert budget.choose_epoch_images(None, None, 200, 1) is not None  # no rate measured: a guess
 
 
@@ -290,7 +293,7 @@ def _fakes(clock: Clock, cost: float):
         v = speed[(arch, precision, cl)] * (1.1 if cudnn_benchmark else 1.0)
         return _row(arch, precision, cl, v, cudnn_benchmark=cudnn_benchmark, seconds=cost)
 
-    def epoch_fn(work, n, devices, epochs, timeout, size, batch_size):
+    def epoch_fn(work, n, devices, epochs, timeout, size, batch_size, **kw):
         clock.t += 3 * cost
         return {"devices": devices, "phantom_images": n, "n_items": {"train": 800, "val": 100, "test": 100},
                 "epochs": [{"epoch": 0, "time_s": 20.0}, {"epoch": 1, "time_s": 10.0}], "epoch_seconds": 10.0,
@@ -305,7 +308,8 @@ def _fakes(clock: Clock, cost: float):
         return {"train_per_image": 1_443_813_654_528 if arch == "unet" else 252_304_162_816,
                 "forward_per_image": 481_371_881_472 if arch == "unet" else 84_238_401_536}
 
-    return {"measure_fn": measure_fn, "epoch_fn": epoch_fn, "compile_fn": compile_fn, "flops_fn": flops_fn}
+    return {"measure_fn": measure_fn, "epoch_fn": epoch_fn, "compile_fn": compile_fn, "flops_fn": flops_fn,
+            "probe_fn": lambda work, size: 0.01}
 
 
 def test_json_schema_of_a_fake_run(tmp_path):
@@ -349,22 +353,33 @@ def test_json_schema_of_a_fake_run(tmp_path):
     assert "recommend channels_last" in table and "projection: paper profile as configured" in table
 
 
-def test_budget_skips_parts_with_reasons(tmp_path):
-    c = Clock()
+def test_parts_past_their_shares_are_recorded_not_measured(tmp_path):
+    c = Clock()  # every fake part takes 10 s of a fake clock: more than any share of 100 s
     res = check.run_gpu_check(out=tmp_path / "results", budget_s=100, work=tmp_path / "work",
-                          device=torch.device("cpu"), clock=c, echo=lambda s: None, **_fakes(c, 10.0))
+                              device=torch.device("cpu"), clock=c, echo=lambda s: None, **_fakes(c, 10.0))
     data = json.loads(Path(res["_path"]).read_text())
-    assert data["complete"] is True
-    assert data["budget"]["seconds_used"] <= 100 - data["budget"]["reserve_s"]
-    measured = [(r["arch"], r["precision"], r["channels_last"]) for r in data["rows"]]
-    # priority: the core rows (the paper's 16-mixed, channels-last off) come first
-    assert measured[:2] == [("unet", "16-mixed", False), ("resnet50", "16-mixed", False)]
-    assert len(measured) < 12
-    reasons = [s["reason"] for s in data["skipped"]]
-    assert reasons and all("needs about" in r or "would not fit" in r for r in reasons)
-    assert "would not fit" in data["epoch"]["skipped"]
-    assert "budget" in data["compile"]["skipped"] and "compiling can take a minute" in data["compile"]["skipped"]
+    assert data["complete"] is True and data["errors"] == []
+    assert data["shares"]["distributed_s"] == 100 - 12 - 8 and data["shares"]["total_s"] == 92
+    # every row: a measurement or a reason; the core rows (the paper's 16-mixed) come first
+    assert [(r["arch"], r["precision"], r["channels_last"]) for r in data["rows"][:2]] == [
+        ("unet", "16-mixed", False), ("resnet50", "16-mixed", False)]
+    reason = r"(over its [\d.]+ s share|[\d.]+ s left of its [\d.]+ s share.*|no time left of its [\d.]+ s share)$"
+    for r in data["rows"]:
+        assert r.get("train_images_per_s") or re.match(reason, r["not_measured"]), r
+    statuses = {p["part"]: p["status"] for p in data["parts"]}
+    assert list(statuses) == [p for p, _, _ in budget.part_plan(list(budget.ARCHS), set(), 1, None, None)]
+    own = data["shares"]["parts"]["row:unet:16-mixed:cl=False"]["share_s"]
+    rest = data["shares"]["parts"]["flops:unet"]["share_s"]  # the fast flops part left its share over
+    assert statuses["row:unet:16-mixed:cl=False"] == f"not measured: over its {own + rest:.1f} s share"
+    assert all(st == "ok" or re.match(reason, st.removeprefix("not measured: ")) for st in statuses.values())
+    assert {s["part"] for s in data["skipped"]} == {p for p, st in statuses.items() if st != "ok"}
+    # the epoch needs 30 s and was not started: its time flowed forward to the rows after it
+    assert "it needs at least 30 s" in data["epoch"]["skipped"]
+    after = next(p for p in data["parts"] if p["part"] == "row:unet:16-mixed:cl=True")
+    assert after["status"] == "ok" and after["available_s"] > after["share_s"] + 10
+    assert "needs at least 40 s" in data["compile"]["skipped"]
     assert data["recommendations"]["compile"]["recommended"] is False
+    assert "not measured" in command.format_gpu_table(data)
 
 
 def test_skip_option_and_oom_rows(tmp_path):
@@ -439,3 +454,214 @@ def test_run_subprocess_times_out_and_ends_the_group(tmp_path):
     assert r["timed_out"] is True and r["seconds"] < 15 and not children._CHILD_GROUPS
     ok = children.run_subprocess([sys.executable, "-c", "print('hi')"], 30, tmp_path / "y.log")
     assert ok["rc"] == 0 and not ok["timed_out"] and "hi" in Path(ok["log"]).read_text()
+
+
+# -- the budget holds by construction: parts made slow on purpose, on the real clock ---------
+FAST = measure.Settings(reserve_s=0.5, margin_s=0.5, row_min_s=0.0, epoch_min_s=0.0, compile_min_s=0.0,
+                        epoch_images=128)
+OVER = r"not measured: over its [\d.]+ s share$"
+
+
+@pytest.fixture
+def release():
+    """Set at the end of a test: ends the fakes that hang (the threads the check abandoned)."""
+    ev = threading.Event()
+    yield ev
+    ev.set()
+    for _, thread in children._ABANDONED:
+        thread.join(timeout=5)
+    children._ABANDONED.clear()
+
+
+def _run(tmp_path, budget_s, fakes, **kw):
+    t0 = time.monotonic()
+    res = check.run_gpu_check(out=tmp_path / "results", budget_s=budget_s, settings=FAST, work=tmp_path / "work",
+                              device=torch.device("cpu"), echo=lambda s: None, **fakes, **kw)
+    wall = time.monotonic() - t0
+    data = json.loads(Path(res["_path"]).read_text())  # the JSON exists and parses
+    return data, wall
+
+
+def _every_row_has_a_number_or_a_reason(data):
+    for r in data["rows"]:
+        assert r.get("train_images_per_s") or r.get("error") or r.get("not_measured"), r
+    assert {p["part"] for p in data["parts"]} == {p for p, _, _ in budget.part_plan(
+        list(budget.ARCHS), set(), 1, None, None)}
+    for p in data["parts"]:
+        assert p["status"] == "ok" or p["status"].startswith(("not measured: ", "failed: ")), p
+
+
+def test_a_hanging_row_is_stopped_and_later_parts_keep_their_shares(tmp_path, release):
+    fakes = _fakes(Clock(), 0.0)  # instant fakes (their clock is not the check's)
+    inner = fakes["measure_fn"]
+
+    def measure_fn(arch, precision, cl, s, device, **kw):
+        if (arch, precision, cl) == ("unet", "16-mixed", False):
+            release.wait(60)  # hangs, deaf to its stop
+        return inner(arch, precision, cl, s, device, **kw)
+
+    fakes["measure_fn"] = measure_fn
+    data, wall = _run(tmp_path, 20, fakes)
+    assert wall < 20 and data["complete"] is True and data["errors"] == []
+    _every_row_has_a_number_or_a_reason(data)
+    parts = [p["part"] for p in data["parts"]]
+    hung = parts.index("row:unet:16-mixed:cl=False")
+    entry = data["parts"][hung]
+    assert re.match(OVER, entry["status"])
+    assert entry["seconds"] <= entry["available_s"] + 0.3  # stopped at its deadline, not when it returned
+    assert data["rows"][0]["not_measured"].startswith("over its")
+    for p in data["parts"][hung + 1:]:  # every later part ran, with (nearly) its whole share
+        assert p["status"] == "ok", p
+        assert p["available_s"] >= 0.8 * p["share_s"], p
+    assert data["abandoned_still_running"] == ["row:unet:16-mixed:cl=False"]
+    later = [r for r in data["rows"][1:] if r["arch"] == "unet"]
+    assert later and all(r["measured_while_abandoned_parts_ran"] == ["row:unet:16-mixed:cl=False"] for r in later)
+    assert data["recommendations"]["compile"]["favoured"] is True  # compile still ran, after the hang
+
+
+def test_every_part_hanging_still_ends_within_the_budget(tmp_path, release):
+    def hang(*a, **kw):
+        release.wait(60)
+        return {}
+
+    fakes = {"measure_fn": hang, "flops_fn": hang, "epoch_fn": hang, "compile_fn": hang,
+             "probe_fn": lambda work, size: 0.01}
+    data, wall = _run(tmp_path, 5, fakes)
+    assert wall < 5, wall  # start-up + every share + the final JSON, inside --budget-s
+    assert data["complete"] is True and data["errors"] == [] and data["seconds_total"] < 5
+    assert data["shares"]["parts_end_s"] == 4 and data["shares"]["total_s"] == 4.5
+    _every_row_has_a_number_or_a_reason(data)
+    for p in data["parts"]:
+        assert re.match(OVER + "|not measured: no time left", p["status"]), p
+    assert all(r["not_measured"] for r in data["rows"])
+    assert "over its" in data["epoch"]["skipped"] and "over its" in data["compile"]["skipped"]
+    assert all("skipped" in p for p in data["projection"].values())
+    assert data["recommendations"]["change"] == {}
+
+
+def test_a_hung_child_process_is_killed_by_pid(tmp_path, release, monkeypatch):
+    pids = []
+
+    class Groups(set):
+        def add(self, pid):
+            pids.append(pid)
+            super().add(pid)
+
+    monkeypatch.setattr(children, "_CHILD_GROUPS", Groups())
+    fakes = _fakes(Clock(), 0.0)
+
+    def epoch_fn(work, n, devices, epochs, timeout, **kw):  # a child that ignores every timeout
+        return children.run_subprocess([sys.executable, "-c", "import time; time.sleep(60)"], 60,
+                                       Path(work) / "hung.log")
+
+    fakes["epoch_fn"] = epoch_fn
+    data, wall = _run(tmp_path, 8, fakes)
+    assert wall < 8 and re.match(OVER, next(p["status"] for p in data["parts"] if p["part"] == "epoch"))
+    assert "over its" in data["epoch"]["skipped"]
+    assert len(pids) == 1
+    for _ in range(50):  # killed (SIGKILL to its group) and reaped by the abandoned thread
+        try:
+            os.kill(pids[0], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the hung child {pids[0]} still runs")
+    assert [p["status"] for p in data["parts"] if p["part"].startswith("compile:")] == ["ok", "ok"]
+
+
+def test_no_c_compiler_is_a_recorded_reason(tmp_path, monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(check, "find_c_compiler", lambda: None)
+    res = check.run_gpu_check(out=tmp_path / "r", budget_s=300, work=tmp_path / "w", device=torch.device("cpu"),
+                              clock=c, echo=lambda s: None, **_fakes(c, 1.0))
+    data = json.loads(Path(res["_path"]).read_text())
+    assert data["complete"] is True and data["errors"] == [] and data["shares"]["c_compiler"] is None
+    reason = "no C compiler (torch.compile needs one; install gcc)"
+    assert {p["part"]: p["status"] for p in data["parts"] if p["part"].startswith("compile:")} == {
+        "compile:unet": "not measured: " + reason, "compile:resnet50": "not measured: " + reason}
+    assert data["compile"]["skipped"] == reason and "compile:unet" not in data["shares"]["parts"]
+    assert data["recommendations"]["compile"]["basis"] == "not measured: " + reason
+    assert len(data["rows"]) == 12 and all(r["train_images_per_s"] for r in data["rows"])  # the rest measured
+
+    # a compiler that is there but fails the same way: the same reason, not an error
+    monkeypatch.setattr(check, "find_c_compiler", lambda: "/usr/bin/gcc")
+    fakes = _fakes(c, 1.0)
+
+    def no_cc(*a, **kw):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    fakes["compile_fn"] = no_cc
+    res = check.run_gpu_check(out=tmp_path / "r2", budget_s=300, work=tmp_path / "w", device=torch.device("cpu"),
+                              clock=c, echo=lambda s: None, **fakes)
+    assert res["errors"] == [] and res["compile"]["skipped"] == reason
+
+
+def test_compile_row_reads_a_missing_compiler_from_its_log(tmp_path):
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\necho 'RuntimeError: Failed to find C compiler. Please specify via CC "
+                      "environment variable.'\nexit 1\n")
+    script.chmod(0o755)
+    row = children.compile_row("unet", "16-mixed", False, FAST, 30, tmp_path, python=str(script))
+    assert row["no_c_compiler"] is True and row["error"] == children.NO_CC_REASON
+    assert children.is_no_c_compiler("/bin/sh: 1: gcc: not found") and not children.is_no_c_compiler("CUDA OOM")
+    assert not children.is_no_c_compiler("sh: nvcc: not found")
+    monkeypatch_env = {**os.environ, "CC": "", "PATH": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-c", "from pneumolib.commands.gpu.children import find_c_compiler as f; "
+                        "print(f())"], env=monkeypatch_env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "None"
+
+
+def test_a_row_told_to_stop_ends_at_its_next_step():
+    s = measure.Settings(size=16, batch_size=2, warmup_steps=1, probe_steps=1, window_s=0.01, windows=2, min_steps=1,
+                         max_steps=2, eval_window_s=0.01)
+    tiny = lambda arch, s_: nn.Conv2d(1, 1, 3, padding=1)  # noqa: E731
+    with pytest.raises(budget.OverShare, match="--budget-s"):
+        measure.measure("unet", "32-true", False, s, torch.device("cpu"), builder=tiny, stop=lambda: True)
+    steps = []
+    with pytest.raises(budget.OverShare):
+        budget.time_steps(lambda: steps.append(1), lambda: None, stop=lambda: len(steps) >= 4)
+    assert len(steps) == 4
+
+
+def test_run_within_returns_values_errors_and_stops_at_the_deadline(release):
+    assert children.run_within(lambda stop: 7, time.monotonic() + 5).value == 7
+    o = children.run_within(lambda stop: 1 / 0, time.monotonic() + 5)
+    assert isinstance(o.error, ZeroDivisionError) and "ZeroDivisionError" in o.traceback
+    seen = []
+    t0 = time.monotonic()
+    o = children.run_within(lambda stop: seen.append(stop.wait(10)), time.monotonic() + 0.3, part="w")
+    assert o.over and time.monotonic() - t0 < 1.0
+    for _ in range(20):  # the stop it was told reaches the part
+        if seen:
+            break
+        time.sleep(0.05)
+    assert seen == [True]
+
+
+def test_shares_flow_forward_and_the_docstring_shows_them():
+    plan = budget.part_plan(list(budget.ARCHS), set(), 1, None, None)
+    sh = budget.plan_shares(plan, 280.0)
+    assert sum(v["share_s"] for v in sh.values()) == pytest.approx(280.0)
+    ends = [v["ends_s"] for v in sh.values()]
+    assert ends == sorted(ends) and ends[-1] == pytest.approx(280.0)
+    # a part left out gets no share; the others split its time, in the same order
+    skipped = budget.part_plan(list(budget.ARCHS), {"compile"}, 1, None, None)
+    sh2 = budget.plan_shares(skipped, 280.0)
+    assert "compile:unet" not in sh2 and sh2["epoch"]["share_s"] > sh["epoch"]["share_s"]
+    d = measure.Settings()
+    assert budget.worst_case_s(300, d.reserve_s, d.margin_s) == {"parts_end_s": 280, "total_s": 292, "margin_s": 8}
+    # the table in check's docstring is this plan (with no start-up: 280 s shared)
+    doc = check.__doc__
+    assert "the last deadline at 280 s, the end by 292 s" in doc
+    total = sum(v["share_s"] for v in sh.values())
+    for part, v in sh.items():
+        generic = re.sub(r"^row:(unet|resnet50):(?!16-mixed:cl=False)", "row:<arch>:", part)
+        generic = re.sub(r"^(cudnn:\w+):(off|on)$", r"\1:off|on", generic)
+        line = f"{generic:<34} {100 * v['share_s'] / total:4.1f} %  {v['share_s']:5.1f} s"
+        assert line in doc, line
+
+
+def test_phantom_probe_times_a_few_images_and_cleans_up(tmp_path):
+    per_image = children.phantom_probe(tmp_path, 64)
+    assert 0 < per_image < 30 and list(tmp_path.iterdir()) == []

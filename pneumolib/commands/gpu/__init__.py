@@ -1,12 +1,16 @@
 """``pneumo bench --gpu``: the prepared GPU check, one JSON within a time budget.
 
-Modules: ``budget`` (constants, peaks, the time budget, timing windows, the projection),
-``measure`` (speed rows on the GPU), ``children`` (the compile and training subprocesses),
-``advice`` (recommended switch values), ``check`` (the whole check), ``command`` (the CLI
-entry, its refusal without CUDA and the summary table).
+Modules: ``budget`` (constants, peaks, the time budget and each part's share of it, timing
+windows, the projection), ``measure`` (speed rows on the GPU), ``children`` (each part in a
+worker thread with a deadline; the compile and training subprocesses), ``advice``
+(recommended switch values, the projection of a result), ``check`` (the whole check; its
+docstring gives the shares and the worst case), ``command`` (the CLI entry, its refusal
+without CUDA and the summary table).
 
-What it measures, in priority order (each part is skipped, with the reason recorded, when
-the budget left is too small for it, so the JSON is always written within the budget):
+What it measures, in priority order. Each part gets its own share of the budget, decided
+up front, and is stopped at its deadline; a part that cannot run or runs past its share is
+recorded as ``not measured: <why>`` and the next part still gets its share, so the JSON is
+always written within the budget:
 
 1. ``core``: training and evaluation speed of the paper U-Net (base width 64, ``norm="none"``,
    as the ``paper`` profile) and the smp ResNet-50 U-Net (random weights) at 512 px, batch 32,
@@ -20,8 +24,9 @@ the budget left is too small for it, so the JSON is always written within the bu
    the multi-GPU speed-up a measured number.
 5. for the U-Net (7 of the profile's 8 runs), at the recommended precision / memory format:
    ``cudnn``, ``torch.backends.cudnn.benchmark`` off and on, back to back; and ``compile``,
-   ``model.compile()`` in a subprocess with a hard timeout (compiling can take a minute;
-   skipped with a reason when less than ``Settings.compile_min_s`` is left).
+   ``model.compile()`` in a subprocess killed at the end of its share (compiling can take a
+   minute; not started with less than ``Settings.compile_min_s`` left, nor without a C
+   compiler, which torch.compile needs).
 6. ``rows`` of ``32-true`` (the numerical reference), then 5 for the ResNet-50.
 
 Every speed row: training images/s (steady state: warm-up steps first, then timed windows

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .budget import ARCHS, CUDA_DEFAULT_PRECISION, PAPER_WORK, PRECISIONS_CUDA, SWITCH_GAIN_THRESHOLD, compute_seconds
+from .budget import (
+    ARCHS,
+    CUDA_DEFAULT_PRECISION,
+    PAPER_WORK,
+    PRECISIONS_CUDA,
+    SWITCH_GAIN_THRESHOLD,
+    compute_seconds,
+    epoch_compute_seconds,
+    project_paper,
+)
 
 
 def _train_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,4 +160,55 @@ def recommend(res: dict[str, Any], work: dict[str, Any] = PAPER_WORK,
                                                                        "compile")}
     out["change"] = {name: out[name]["recommended"] for name in ("precision", "channels_last", "cudnn_benchmark",
                                                                  "compile") if out[name].get("change_default")}
+    return out
+
+
+def add_end_to_end(r: dict[str, Any], res: dict[str, Any], precisions=PRECISIONS_CUDA) -> dict[str, Any]:
+    """The epoch part's end-to-end factor: the one-GPU compute-only seconds of its items (the
+    measured U-Net row of the run's precision and memory format) over its measured epoch."""
+    rc = r.get("run_config") or {}
+    p_ = rc.get("precision") if rc.get("precision") in precisions else "16-mixed"
+    cl_ = bool(rc.get("channels_last", False))
+    ref = plain_rate(res, "unet", p_, cl_) or {}
+    rt_, re_ = ref.get("train_images_per_s"), ref.get("eval_images_per_s")
+    if rt_ and re_ and r.get("epoch_seconds") and r.get("n_items"):
+        pred = epoch_compute_seconds(r["n_items"], rt_, re_)
+        r["one_gpu_compute_seconds_predicted"] = round(pred, 3)
+        r["end_to_end_factor"] = round(pred / r["epoch_seconds"], 4)
+        r["end_to_end_reference_row"] = {"arch": "unet", "precision": p_, "channels_last": cl_}
+        r["end_to_end_factor_means"] = (
+            "one-GPU compute-only seconds of this epoch's items (the unet row of the run's precision and memory "
+            "format) / the measured epoch seconds; a short phantom epoch weighs per-epoch fixed costs (evaluation "
+            "start-up, the last partial batch) more than a paper-sized one does, so this understates the "
+            "efficiency and the projection built on it is an upper bound")
+    return r
+
+
+def projections(res: dict[str, Any], rec: dict[str, Any], visible_gpus: int) -> dict[str, Any]:
+    """The projected wall time of the paper profile as configured and at the recommended
+    precision / memory format (``rec``: :func:`recommend`), from the rows and the epoch
+    parts' end-to-end factors in ``res``; a combination without rows of both models says so."""
+    ends: dict[int, float] = {}
+    for key, r in res.items():
+        if (key == "epoch" or key.startswith("epoch_")) and isinstance(r, dict) and r.get("end_to_end_factor"):
+            ends[int(r["devices"])] = r["end_to_end_factor"]
+    out: dict[str, Any] = {}
+    combos = {"paper_profile_as_configured": ("16-mixed", False),
+              "recommended_precision_and_memory_format": (rec["precision"]["recommended"],
+                                                          bool(rec["channels_last"]["recommended"]))}
+    for key, (p_, cl_) in combos.items():
+        rows = {a: plain_rate(res, a, p_, cl_) for a in ARCHS}
+        if all(rows.values()):
+            proj = project_paper({a: rows[a]["train_images_per_s"] for a in ARCHS},  # type: ignore[index]
+                                 {a: rows[a]["eval_images_per_s"] for a in ARCHS},  # type: ignore[index]
+                                 end_to_end=ends, visible_gpus=visible_gpus)
+            proj["precision"], proj["channels_last"] = p_, cl_
+            if ends and (p_, cl_) != ("16-mixed", False):
+                proj["assumed"] += ("; the end-to-end factors, measured against the 16-mixed channels-last-off "
+                                    "compute rate, are applied to this combination's compute rate unchanged")
+            out[key] = proj
+        else:
+            missing = [a for a, r in rows.items() if not r]
+            out[key] = {"skipped": f"no {p_} channels_last={cl_} row of {', '.join(missing)}",
+                        "precision": p_, "channels_last": cl_}
     return out

@@ -1,5 +1,5 @@
-"""The GPU check's pure parts: constants, the cards' peak FLOP/s, the time budget, timing
-windows, the paper profile's work and its projected wall time."""
+"""The GPU check's pure parts: constants, the cards' peak FLOP/s, the time budget and each
+part's share of it, timing windows, the paper profile's work and its projected wall time."""
 
 from __future__ import annotations
 
@@ -101,13 +101,28 @@ def peak_kind(precision: str, tf32_conv: bool) -> str:
     return "tf32" if tf32_conv else "fp32"
 
 
+class NotMeasured(PneumoError):
+    """A part of the GPU check that could not be measured; the message is the reason that
+    goes into the JSON (``not measured: <message>``)."""
+
+
+class OverShare(NotMeasured):
+    """A part of the GPU check that ran past its share of ``--budget-s`` and was stopped."""
+
+    def __init__(self, what: str = "the part"):
+        super().__init__(f"{what} ran past its share of the --budget-s budget and was stopped; give a larger "
+                         "--budget-s or leave the part out with --skip")
+
+
 class Budget:
-    """A deadline: ``seconds`` from ``clock()`` at creation (minus ``already_used_s``), of
-    which the last ``reserve_s`` are kept for writing the JSON and the summary."""
+    """A deadline: ``seconds`` from ``clock()`` at creation (minus ``already_used_s``, the
+    process's start-up), of which the last ``reserve_s`` are kept for the projection and
+    writing the JSON and the last ``margin_s`` are never planned (a safety margin)."""
 
     def __init__(self, seconds: float, reserve_s: float = 12.0, clock: Callable[[], float] = time.monotonic,
-                 already_used_s: float = 0.0):
+                 already_used_s: float = 0.0, margin_s: float = 0.0):
         self.seconds, self.reserve_s, self.clock = float(seconds), float(reserve_s), clock
+        self.margin_s = float(margin_s)
         self.t0 = clock() - float(already_used_s)
 
     def used(self) -> float:
@@ -121,21 +136,132 @@ class Budget:
         """Seconds a part may still take (the reserve kept back)."""
         return self.left() - self.reserve_s
 
-    def allows(self, need_s: float) -> bool:
-        return self.usable() >= need_s
+    def distributable(self) -> float:
+        """Seconds that the parts may share from now: the budget left less the reserve and
+        the margin (never negative)."""
+        return max(0.0, self.usable() - self.margin_s)
 
-    def why_not(self, need_s: float) -> str:
-        return (f"needs about {need_s:.0f} s, {max(self.usable(), 0.0):.0f} s of the {self.seconds:.0f} s "
-                f"budget left (after {self.reserve_s:.0f} s kept for writing the JSON)")
+
+#: Relative weight of each kind of part in the split of the budget (the shares are these in
+#: proportion; the table in :mod:`pneumolib.commands.gpu.check` gives them at 300 s).
+#: Design estimates for 512 px, batch 32 on an H100-class card, not measurements: a speed
+#: row builds its model, runs 5 warm-up / probe steps, two 1.2 s training windows and the
+#: same for evaluation (``row``); the first FLOP count pays for CUDA's start-up and the first
+#: row of each model for cuDNN's first calls; fp32 steps are the slowest; the epoch part
+#: writes a phantom, starts ``pneumo train`` (Lightning, the cache) and runs two short
+#: epochs; compiling the U-Net's training step takes longer than the ResNet-50's.
+SHARE_WEIGHTS: dict[str, float] = {"flops:first": 10.0, "flops": 3.0, "row:core": 12.0, "row": 8.0,
+                                   "row:32-true": 10.0, "cudnn": 8.0, "epoch": 70.0, "epoch_1gpu": 45.0,
+                                   "compile:unet": 60.0, "compile": 40.0}
+
+
+#: Seconds a child process gets between SIGTERM and SIGKILL, and after SIGKILL, when its part
+#: runs out of time (:func:`pneumolib.commands.gpu.children.run_subprocess`); a child's own
+#: timeout is its part's deadline less their sum, so that it is gone by the deadline.
+KILL_WAITS_S = (3.0, 2.0)
+KILL_GRACE_S = sum(KILL_WAITS_S)
+
+
+#: Of the epoch part's time: the share for writing the phantom (a subprocess killed at the end
+#: of it), and, of what is left, the share allowed for ``pneumo train``'s start-up (imports,
+#: the cache, workers, the final evaluation): the epochs are sized to fit the rest.
+PHANTOM_FRACTION = 0.3
+EPOCH_STARTUP_FRACTION = 0.45
+
+
+#: Seconds a fresh ``python -m pneumolib.cli`` is assumed to need to start when this process
+#: did not measure its own start-up (``already_used_s`` of 0: the tests).
+CHILD_STARTUP_S = 5.0
+
+
+def part_plan(archs: list[str] | tuple[str, ...], skip: set[str], visible_gpus: int, epoch_why_not: str | None,
+              compile_why_not: str | None) -> list[tuple[str, float, str | None]]:
+    """Every part of the check in the order it runs: ``(part, weight, why not)``; ``why not``
+    is None for a part that runs, else the reason recorded for it (``--skip``, no C compiler,
+    not on CUDA). Parts: ``flops:<arch>``, ``row:<arch>:<precision>:cl=<bool>``, ``epoch``,
+    ``epoch_1gpu``, ``cudnn:<arch>:off|on``, ``compile:<arch>``."""
+    w = SHARE_WEIGHTS
+    out: list[tuple[str, float, str | None]] = []
+    all_archs = list(ARCHS)
+    add = lambda part, weight, why: out.append((part, weight, why))  # noqa: E731
+
+    def arch_why(arch: str) -> str | None:
+        return None if arch in archs else "--skip"
+
+    for i, arch in enumerate(all_archs):
+        add(f"flops:{arch}", w["flops:first"] if i == 0 else w["flops"], arch_why(arch))
+        add(f"row:{arch}:16-mixed:cl=False", w["row:core"], arch_why(arch))
+    add("epoch", w["epoch"], "--skip" if "epoch" in skip else epoch_why_not)
+
+    def rows(combos: list[tuple[str, bool]]) -> None:
+        for precision, cl in combos:
+            why = "--skip" if "rows" in skip or (precision == "32-true" and "32-true" in skip) else None
+            for arch in all_archs:
+                add(f"row:{arch}:{precision}:cl={cl}", w["row:32-true" if precision == "32-true" else "row"],
+                    why or arch_why(arch))
+
+    rows([("16-mixed", True), ("bf16-mixed", False), ("bf16-mixed", True)])
+    if visible_gpus > 1:
+        add("epoch_1gpu", w["epoch_1gpu"], "--skip" if skip & {"epoch", "epoch_1gpu"} else epoch_why_not)
+
+    def switches(arch: str) -> None:
+        for on in ("off", "on"):
+            add(f"cudnn:{arch}:{on}", w["cudnn"], "--skip" if "cudnn" in skip else arch_why(arch))
+        add(f"compile:{arch}", w.get(f"compile:{arch}", w["compile"]),
+            "--skip" if "compile" in skip else arch_why(arch) or compile_why_not)
+
+    switches("unet")
+    rows([("32-true", False), ("32-true", True)])
+    switches("resnet50")
+    return out
+
+
+def plan_shares(parts: list[tuple[str, float, str | None]], seconds: float) -> dict[str, dict[str, float]]:
+    """Split ``seconds`` over the parts that run, in proportion to their weights.
+
+    Returns, per part, ``share_s`` and ``ends_s``: its deadline in seconds after the plan's
+    start, the sum of the shares up to and including its own. A part may use the time that
+    the parts before it left over, never the shares of the parts after it, so none can
+    starve a later one, and the last deadline is ``seconds``."""
+    runs = [(p, wt) for p, wt, why in parts if why is None]
+    total = sum(wt for _, wt in runs)
+    out: dict[str, dict[str, float]] = {}
+    end = 0.0
+    for part, wt in runs:
+        share = max(0.0, seconds) * wt / total if total > 0 else 0.0
+        end += share
+        out[part] = {"weight": wt, "share_s": share, "ends_s": end}
+    return out
+
+
+def worst_case_s(budget_s: float, reserve_s: float, margin_s: float) -> dict[str, float]:
+    """The check's worst-case wall time from the start of its process: the start-up and the
+    parts end by the last deadline (``budget_s - reserve_s - margin_s``, whatever the
+    start-up took: the shares split what is left of it), then the projection, the final
+    JSON and the cleanup take at most ``reserve_s``."""
+    parts_end = budget_s - reserve_s - margin_s
+    return {"parts_end_s": parts_end, "total_s": parts_end + reserve_s, "margin_s": margin_s}
 
 
 def time_steps(step: Callable[[], Any], sync: Callable[[], None], warmup: int = 3, probe: int = 2,
                window_s: float = 1.2, windows: int = 2, min_steps: int = 3, max_steps: int = 40,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+               clock: Callable[[], float] = time.perf_counter,
+               stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Steady-state timing of ``step``: ``warmup`` steps, then ``probe`` steps to size the
     window (``window_s`` / step time, within [min_steps, max_steps]), then ``windows`` timed
     windows of that many steps. ``sync`` (CUDA synchronise) is called only at the ends of the
-    warm-up, the probe and each window, never between the steps of a window."""
+    warm-up, the probe and each window, never between the steps of a window. ``stop`` is
+    asked after every step; when it says True, :class:`OverShare` is raised (the part ran
+    past its share)."""
+    if stop is not None:
+        inner = step
+
+        def step() -> Any:
+            out = inner()
+            if stop():
+                raise OverShare("a timed step loop")
+            return out
+
     t = clock()
     for _ in range(warmup):
         step()
@@ -245,17 +371,23 @@ def project_paper(rate_train: dict[str, float], rate_eval: dict[str, float], wor
 
 
 def choose_epoch_images(rate_train: float | None, rate_eval: float | None, allot_s: float, epochs: int,
-                        devices: int = 1, fixed_s: float = 45.0, epoch_overhead_s: float = 4.0,
-                        choices: tuple[int, ...] = (1024, 768, 512, 384, 256, 128)) -> int | None:
-    """The largest phantom size whose short ``paper``-profile run fits ``allot_s`` seconds.
+                        devices: int = 1, fixed_s: float = 0.0, epoch_overhead_s: float = 4.0,
+                        choices: tuple[int, ...] = (1024, 768, 512, 384, 256, 128),
+                        max_images: int | None = None) -> int | None:
+    """The largest phantom size (at most ``max_images``) whose ``epochs`` short
+    ``paper``-profile epochs fit ``allot_s`` seconds.
 
     A phantom image becomes ~1.44 items under the paper protocol (22 % positives, each also
-    flipped and rotated), ~80 % of them trained on and ~20 % evaluated; ``fixed_s`` covers
-    writing the phantom, start-up, building the cache and the final evaluation."""
+    flipped and rotated), ~80 % of them trained on and ~20 % evaluated; ``epoch_overhead_s``
+    is each epoch's fixed cost (evaluation start-up, workers) and ``fixed_s`` any other fixed
+    cost inside ``allot_s`` (the GPU check gives writing the phantom and the start-up shares
+    of their own, so it passes 0)."""
     rt = rate_train or 100.0
     re_ = rate_eval or 3 * rt
     scale = max(1, devices) * ASSUMED_DDP_EFFICIENCY if devices > 1 else 1.0
     for n in choices:
+        if max_images is not None and n > max_images:
+            continue
         items = 1.44 * n
         per_epoch = epoch_overhead_s + (0.8 * items / rt + 0.2 * items / re_) / scale
         if fixed_s + epochs * per_epoch <= allot_s:

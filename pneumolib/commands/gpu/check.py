@@ -1,85 +1,116 @@
-"""The whole GPU check: every part in priority order within the budget, one JSON
-(:mod:`pneumolib.commands.gpu`)."""
+"""The whole GPU check: every part in priority order, each within its own share of the
+budget, one JSON (:mod:`pneumolib.commands.gpu`).
+
+How ``--budget-s`` holds by construction
+----------------------------------------
+When the check starts it takes what its process has used so far (``S``: Python, torch, the
+imports, the JSON's header; measured) and splits what is left of the budget ``B``, less
+``Settings.reserve_s`` (``R``) and ``Settings.margin_s`` (``M``), over the parts that will
+run, in proportion to :data:`~pneumolib.commands.gpu.budget.SHARE_WEIGHTS`
+(:func:`~pneumolib.commands.gpu.budget.plan_shares`). A part's deadline is the sum of the
+shares up to and including its own: it may use what earlier parts left over, never a later
+part's share. Parts left out up front (``--skip``, no C compiler for ``compile``, no CUDA
+for the epoch) get no share and are recorded with their reason.
+
+The deadlines are enforced: each part runs in a worker thread
+(:func:`~pneumolib.commands.gpu.children.run_within`) that is abandoned at its deadline
+(its timed loop stops at its next step; every child process group is killed by pid) and
+recorded as ``not measured: over its N s share``. A subprocess's own timeout is its part's
+deadline less ``KILL_GRACE_S`` (SIGTERM, then SIGKILL, each waited for), so it is gone by
+the deadline. The epoch part splits its time: writing the phantom gets
+``PHANTOM_FRACTION`` of it (the subprocess is killed at the end of that; the number of
+images is sized from the phantom's speed, measured by writing two images in this process),
+``EPOCH_STARTUP_FRACTION`` of the rest is the training command's start-up allowance, and
+the epochs are sized to fit what remains; the start-up it really took is recorded.
+
+Worst case (:func:`~pneumolib.commands.gpu.budget.worst_case_s`): the parts end by
+``S + (B - S - R - M) = B - R - M``, whatever ``S`` was; then the projection, the final JSON
+and the cleanup (pure Python, one file, bounded by ``R``): ``B - M`` in all. With the
+defaults ``B`` = 300, ``R`` = 12, ``M`` = 8: the last deadline at 280 s, the end by 292 s.
+The shares on one GPU with nothing skipped, as % of ``B - S - R - M`` (and seconds when
+``S`` = 0; a measured ``S`` shrinks each in proportion; ``test_gpu_check`` recomputes this):
+
+    flops:unet                          3.1 %    8.6 s
+    row:unet:16-mixed:cl=False          3.7 %   10.3 s
+    flops:resnet50                      0.9 %    2.6 s
+    row:resnet50:16-mixed:cl=False      3.7 %   10.3 s
+    epoch                              21.4 %   59.9 s
+    row:<arch>:16-mixed:cl=True         2.4 %    6.9 s  (each of 2)
+    row:<arch>:bf16-mixed:cl=False      2.4 %    6.9 s  (each of 2)
+    row:<arch>:bf16-mixed:cl=True       2.4 %    6.9 s  (each of 2)
+    cudnn:unet:off|on                   2.4 %    6.9 s  (each of 2)
+    compile:unet                       18.3 %   51.4 s
+    row:<arch>:32-true:cl=False         3.1 %    8.6 s  (each of 2)
+    row:<arch>:32-true:cl=True          3.1 %    8.6 s  (each of 2)
+    cudnn:resnet50:off|on               2.4 %    6.9 s  (each of 2)
+    compile:resnet50                   12.2 %   34.3 s
+"""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+import os
 import re
 import shutil
 import socket
 import sys
 import tempfile
 import time
-import traceback
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from pneumolib.errors import ConfigError
-
-from .advice import plain_rate, recommend
+from .advice import add_end_to_end, plain_rate, projections, recommend
 from .budget import (
     ARCHS,
-    PRECISIONS_CUDA,
+    CHILD_STARTUP_S,
+    EPOCH_STARTUP_FRACTION,
+    KILL_GRACE_S,
+    PHANTOM_FRACTION,
     SCHEMA,
-    SKIPPABLE,
     Budget,
+    NotMeasured,
+    OverShare,
     choose_epoch_images,
-    epoch_compute_seconds,
     gpu_peaks,
-    project_paper,
+    part_plan,
+    plan_shares,
+    worst_case_s,
 )
-from .children import compile_row, run_epoch
-from .measure import Settings, add_flops, build_arch, count_flops, free_cuda, measure
+from .children import (
+    NO_CC_REASON,
+    abandoned_alive,
+    compile_row,
+    find_c_compiler,
+    is_no_c_compiler,
+    phantom_probe,
+    run_epoch,
+    run_within,
+)
+from .measure import Settings, add_flops, build_arch, count_flops, free_cuda, gpus, measure, tf32_conv, tf32_state
 
-
-# -- the whole check ------------------------------------------------------------------------
-def _gpus() -> list[dict[str, Any]]:
-    out = []
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        out.append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
-                    "memory_gib": round(p.total_memory / 2**30, 1), "multiprocessors": p.multi_processor_count})
-    return out
-
-
-def _tf32_state() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, get in (("cudnn_conv_fp32_precision", lambda: torch.backends.cudnn.conv.fp32_precision),
-                          ("cuda_matmul_fp32_precision", lambda: torch.backends.cuda.matmul.fp32_precision),
-                          ("cudnn_allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
-                          ("cuda_matmul_allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32)):
-            with contextlib.suppress(Exception):
-                out[name] = get()
-    return out
-
-
-def _tf32_conv(state: dict[str, Any], capability: tuple[int, int] | None) -> bool:
-    if capability is not None and capability[0] < 8:
-        return False
-    if "cudnn_conv_fp32_precision" in state:
-        return state["cudnn_conv_fp32_precision"] == "tf32"
-    return bool(state.get("cudnn_allow_tf32", True))
-
-
-def parse_skip(skip: str | list[str] | tuple[str, ...] | None) -> set[str]:
-    items = skip.split(",") if isinstance(skip, str) else list(skip or ())
-    out = {x.strip() for x in items if x.strip()}
-    bad = sorted(out - set(SKIPPABLE))
-    if bad:
-        raise ConfigError(f"--skip {','.join(bad)}: unknown part(s); valid: {', '.join(SKIPPABLE)}")
-    return out
+NOT_MEASURED = "not measured: "
 
 
 def result_path(out_dir: Path | str, hostname: str | None = None, date: dt.date | None = None) -> Path:
     host = re.sub(r"[^A-Za-z0-9._-]+", "-", hostname or socket.gethostname()) or "host"
     return Path(out_dir) / f"gpu-{host}-{(date or dt.date.today()).isoformat()}.json"
+
+
+def _s(x: float) -> str:
+    """Seconds for a message: whole above 10 s, tenths below (the tests' budgets are small)."""
+    return f"{max(x, 0.0):.0f}" if x >= 10 else f"{max(x, 0.0):.1f}"
+
+
+def _one_reason(reasons: dict[str, str]) -> str | None:
+    """One reason for a block (``compile``, ``cudnn_benchmark``) none of whose parts ran."""
+    if not reasons:
+        return None
+    if len(set(reasons.values())) == 1:
+        return next(iter(reasons.values()))
+    return "; ".join(f"{p}: {r}" for p, r in reasons.items())
 
 
 def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settings: Settings | None = None,
@@ -90,9 +121,13 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
                   flops_fn: Callable[[str, Settings, torch.device], dict[str, int]] | None = None,
                   epoch_fn: Callable[..., dict[str, Any]] = run_epoch,
                   compile_fn: Callable[..., dict[str, Any]] = compile_row,
+                  probe_fn: Callable[[Path, int], float] = phantom_probe,
                   echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every part that the budget allows, in priority order; write the JSON after each
-    part (``complete: false`` until the end) and return the result (``_path``: the file).
+    """Run every part in priority order, each within its share of ``budget_s`` seconds
+    (counted from the process's start: ``already_used_s`` were used before this call); write
+    the JSON after each part (``complete: false`` until the end; written whatever happens)
+    and return the result (``_path``: the file). Every part is in ``parts`` with its status:
+    ``ok``, ``not measured: <why>`` or ``failed: <error>``.
 
     ``device``, ``clock`` and the ``*_fn`` hooks exist for the tests (a CPU device, a fake
     clock, fake measurements); the command uses the defaults on ``cuda``."""
@@ -103,15 +138,15 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
     s = settings or Settings()
     skip = set(skip or ())
     device = device or torch.device("cuda")
-    budget = Budget(budget_s, reserve_s=s.reserve_s, clock=clock, already_used_s=already_used_s)
+    budget = Budget(budget_s, reserve_s=s.reserve_s, margin_s=s.margin_s, clock=clock, already_used_s=already_used_s)
     on_cuda = device.type == "cuda"
-    gpus = _gpus() if on_cuda else []
-    name = gpus[0]["name"] if gpus else None
-    cap = tuple(int(c) for c in gpus[0]["capability"].split(".")) if gpus else None
+    cards = gpus() if on_cuda else []
+    name = cards[0]["name"] if cards else None
+    cap = tuple(int(c) for c in cards[0]["capability"].split(".")) if cards else None
     peaks = gpu_peaks(name)
-    tf32 = _tf32_state()
-    tf32_conv = _tf32_conv(tf32, cap)  # type: ignore[arg-type]
-    visible = len(gpus) if on_cuda else 1
+    tf32 = tf32_state()
+    tf32c = tf32_conv(tf32, cap)  # type: ignore[arg-type]
+    visible = len(cards) if on_cuda else 1
     out_dir = Path(out) if out else ROOT / "benchmarks" / "results"
     path = result_path(out_dir)
     own_work = work is None
@@ -120,10 +155,10 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
         "schema": SCHEMA, "complete": False,
         "command": "pneumo bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine_info(), "gpus": gpus, "visible_gpus": visible,
+        "machine": machine_info(), "gpus": cards, "visible_gpus": visible,
         "cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version() if on_cuda else None,
         "versions": package_versions(), "git": git_commit(),
-        "tf32": {**tf32, "convolutions_use_tf32": tf32_conv},
+        "tf32": {**tf32, "convolutions_use_tf32": tf32c},
         "peaks_tflops": peaks,
         "peak_note": ("dense (no sparsity) vendor peaks; fraction_of_peak is against the precision's kind: fp16 "
                       "tensor cores for 16-mixed, bf16 for bf16-mixed, tf32 tensor cores for 32-true when "
@@ -138,60 +173,70 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
 
     def write() -> None:
         res["budget"] = {"budget_s": budget.seconds, "seconds_used": round(budget.used(), 1),
-                         "reserve_s": budget.reserve_s}
+                         "reserve_s": budget.reserve_s, "margin_s": budget.margin_s}
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {k: v for k, v in res.items() if not k.startswith("_")})
 
-    def attempt(part: str, need_s: float, fn: Callable[[], Any]) -> Any:
-        if part.split(":")[0] in skip:
-            res["skipped"].append({"part": part, "reason": "--skip"})
-            return None
-        if not budget.allows(need_s):
-            res["skipped"].append({"part": part, "reason": budget.why_not(need_s)})
-            return None
-        t = clock()
-        try:
-            value = fn()
-            status = "ok"
-        except Exception as e:  # noqa: BLE001 - the JSON must be written whatever a part does
-            value = None
-            status = f"error: {type(e).__name__}: {e}"[:300]
-            res["errors"].append({"part": part, "error": status, "traceback": traceback.format_exc()[-3000:]})
-        res["parts"].append({"part": part, "status": status, "seconds": round(clock() - t, 1),
-                             "estimate_s": round(need_s, 1)})
-        write()
-        return value
-
-    last_row: dict[tuple[str, str], float] = {}  # (arch, precision) -> seconds of its latest row
-
-    def row_estimate(arch: str, precision: str) -> float:
-        """The latest row of the model and precision; else of the model (x1.4 going to fp32,
-        whose warm-up steps are slower); else 25 s (the first pays for CUDA's start-up)."""
-        if (arch, precision) in last_row:
-            return last_row[(arch, precision)] + 1.0
-        same = [v for (a, p), v in last_row.items() if a == arch]
-        if not same:
-            return 25.0
-        return same[-1] * (1.4 if precision == "32-true" else 1.0) + 1.0
-
+    # -- the plan: every part's share and deadline, decided now --------------------------
     archs = [a for a in ARCHS if not (a == "resnet50" and "resnet50" in skip)]
+    cc = find_c_compiler()
+    plan = part_plan(archs, skip, visible, None if on_cuda or epoch_fn is not run_epoch else "not on CUDA",
+                     None if cc else NO_CC_REASON)
+    why_not = {p: why for p, _, why in plan if why}
+    t_plan, dist = clock(), budget.distributable()
+    shares = plan_shares(plan, dist)
+    start_up = t_plan - budget.t0
+    res["shares"] = {"start_up_s": round(start_up, 2), "distributed_s": round(dist, 2), "c_compiler": cc,
+                     **{k: round(v, 2) for k, v in worst_case_s(budget_s, s.reserve_s, s.margin_s).items()},
+                     "parts": {p: {"weight": v["weight"], "share_s": round(v["share_s"], 3),
+                                   "deadline_s": round(start_up + v["ends_s"], 3)} for p, v in shares.items()},
+                     "rule": "each part's deadline is the sum of the shares up to its own: time left over flows "
+                             "forward, never backward; a part past its deadline is stopped and not measured"}
+    details: dict[str, Any] = {}
 
-    def do_row(arch: str, precision: str, cl: bool, **kw) -> dict[str, Any] | None:
-        if arch not in res["flops"]:
-            attempt(f"flops:{arch}", 5.0, lambda: res["flops"].__setitem__(arch, (flops_fn or _count)(arch, s, device)))
+    def status_of(part: str) -> str:
+        return next(e["status"] for e in reversed(res["parts"]) if e["part"] == part)
 
-        def go():
-            echo(f"  {arch} {precision} channels_last={cl}" + "".join(f" {k}={v}" for k, v in kw.items()))
-            row = measure_fn(arch, precision, cl, s, device, **kw)
-            add_flops(row, res["flops"].get(arch), peaks, tf32_conv)
-            if "seconds" in row:
-                last_row.pop((arch, precision), None)  # keep the insertion order = recency
-                last_row[(arch, precision)] = float(row["seconds"])
-            return row
+    def reason_of(part: str) -> str:
+        return status_of(part).removeprefix(NOT_MEASURED)
 
-        row = attempt(f"row:{arch}:{precision}:cl={cl}" + "".join(f":{k}={v}" for k, v in kw.items()),
-                      row_estimate(arch, precision), go)
-        return row
+    def finish(entry: dict[str, Any], status: str) -> None:
+        entry["status"] = status
+        if status.startswith(NOT_MEASURED):
+            res["skipped"].append({"part": entry["part"], "reason": status.removeprefix(NOT_MEASURED)})
+        res["parts"].append(entry)
+        write()
+
+    def attempt(part: str, fn: Callable[[Any, float], Any], min_s: float = 0.0) -> Any:
+        """``fn(stop, deadline)`` within the part's deadline: its value, or None (the reason
+        is the part's status)."""
+        entry: dict[str, Any] = {"part": part}
+        if part not in shares:
+            return finish(entry, NOT_MEASURED + why_not.get(part, "not planned"))
+        sh = shares[part]
+        deadline = t_plan + sh["ends_s"]
+        avail = deadline - clock()
+        entry.update(share_s=round(sh["share_s"], 3), available_s=round(avail, 3))
+        if avail <= 0:
+            return finish(entry, NOT_MEASURED + f"no time left of its {_s(sh['share_s'])} s share")
+        if avail < min_s:
+            return finish(entry, NOT_MEASURED + f"{_s(avail)} s left of its {_s(sh['share_s'])} s share (with what "
+                          f"earlier parts left over), it needs at least {_s(min_s)} s")
+        t = clock()
+        o = run_within(lambda stop: fn(stop, deadline), deadline, clock, part)
+        entry["seconds"] = round(clock() - t, 3)
+        details[part] = getattr(o.error, "detail", None)
+        if o.over or isinstance(o.error, OverShare):
+            return finish(entry, NOT_MEASURED + f"over its {_s(avail)} s share")
+        if isinstance(o.error, NotMeasured):
+            return finish(entry, NOT_MEASURED + str(o.error))
+        if o.error is not None:
+            msg = f"{type(o.error).__name__}: {o.error}"[:300]
+            res["errors"].append({"part": part, "error": msg, "traceback": o.traceback})
+            return finish(entry, "failed: " + msg)
+        err = o.value.get("error") if isinstance(o.value, dict) else None
+        finish(entry, f"failed: {err}" if err else "ok")
+        return o.value
 
     def _count(arch: str, s_: Settings, dev: torch.device) -> dict[str, int]:
         model = build_arch(arch, s_)
@@ -201,164 +246,149 @@ def run_gpu_check(out: Path | str | None = None, budget_s: float = 300.0, settin
             del model
             free_cuda(dev)
 
-    # 1. core: the paper's precision, the current defaults
-    echo(f"GPU check on {name or device}, budget {budget_s:.0f} s -> {path}")
-    for arch in archs:
-        row = do_row(arch, "16-mixed", False)
-        if row:
-            res["rows"].append(row)
-    write()
+    def row_part(part: str, arch: str, precision: str, cl: bool, **kw) -> dict[str, Any]:
+        def go(stop, deadline):
+            echo(f"  {arch} {precision} channels_last={cl}" + "".join(f" {k}={v}" for k, v in kw.items()))
+            others = abandoned_alive()
+            row = measure_fn(arch, precision, cl, s, device, stop=stop.is_set, **kw)
+            add_flops(row, res["flops"].get(arch), peaks, tf32c)
+            if others:
+                row["measured_while_abandoned_parts_ran"] = others
+            return row
 
-    # 2. one short real paper-profile run on all visible GPUs
-    def epoch_part(devices: int) -> None:
-        key = "epoch" if devices == visible else f"epoch_{devices}gpu"
-        if key.split("_")[0] in skip or key in skip:
-            res[key] = {"skipped": "--skip"}
-            res["skipped"].append({"part": key, "reason": "--skip"})
-            return
-        base = plain_rate(res, "unet", "16-mixed", False)
-        rt = (base or {}).get("train_images_per_s")
-        re_ = (base or {}).get("eval_images_per_s")
-        allot = min(budget.usable() * (0.45 if key == "epoch" else 0.6), 150.0)
-        epochs, n = s.epochs, s.epoch_images
-        if n is None:  # two epochs (the second is the steady one) if they fit, else one
-            for epochs in dict.fromkeys((s.epochs, 1)):
-                n = choose_epoch_images(rt, re_, allot, epochs, devices)
-                if n:
-                    break
-        if n is None:
-            reason = f"even 128 phantom images in one epoch would not fit the {allot:.0f} s allotted"
-            res[key] = {"skipped": reason}
-            res["skipped"].append({"part": key, "reason": reason})
-            return
+        row = attempt(part, go, s.row_min_s)
+        return row if row is not None else {
+            "arch": arch, "precision": precision, "channels_last": cl, "compile": False,
+            "cudnn_benchmark": bool(kw.get("cudnn_benchmark", False)), "not_measured": reason_of(part)}
 
-        def go():
+    def epoch_part(key: str, devices: int) -> None:
+        def go(stop, deadline):
+            t0 = clock()
+            avail = deadline - t0
+            base = plain_rate(res, "unet", "16-mixed", False) or {}
+            rt, re_ = base.get("train_images_per_s"), base.get("eval_images_per_s")
+            ph_share = PHANTOM_FRACTION * avail
+            allot = (avail - ph_share) * (1 - EPOCH_STARTUP_FRACTION) - KILL_GRACE_S
+            sizing: dict[str, Any] = {"share_s": round(avail, 1), "phantom_share_s": round(ph_share, 1),
+                                      "train_startup_allowance_s": round((avail - ph_share) * EPOCH_STARTUP_FRACTION, 1),
+                                      "epochs_allot_s": round(allot, 1)}
+            epochs, n = s.epochs, s.epoch_images
+            prior = (res.get("epoch") or {}).get("phantom_images")
+            if n is None and prior and choose_epoch_images(rt, re_, allot, epochs, devices, max_images=prior) == prior:
+                n = prior  # the phantom the first epoch part wrote: no time to write it again
+            if n is None:
+                per_img = probe_fn(work, s.size)  # measured: seconds per image on one core
+                startup = already_used_s or CHILD_STARTUP_S
+                workers = max(1, (os.cpu_count() or 1) // 2)  # half the cores: the pool's start-up, JPEG
+                fit = int((ph_share - (clock() - t0) - startup) * workers / per_img) if per_img > 0 else None
+                sizing.update(phantom_seconds_per_image_one_core=round(per_img, 4), child_startup_s=round(startup, 2),
+                              phantom_images_that_fit=fit)
+                for epochs in dict.fromkeys((s.epochs, 1)):
+                    n = choose_epoch_images(rt, re_, allot, epochs, devices, max_images=fit)
+                    if n:
+                        break
+                if n is None:
+                    raise NotMeasured(f"even 128 phantom images in one epoch would not fit its {_s(avail)} s share "
+                                      f"({_s(ph_share)} s for the phantom, {_s(allot)} s for the epochs)")
             echo(f"  epoch: paper profile, {devices} GPU(s), phantom {n} images, {epochs} epoch(s)")
-            timeout = min(budget.usable(), max(allot * 2.0, 60.0))
-            r = epoch_fn(work, n, devices, epochs, timeout, size=s.size, batch_size=s.batch_size)
-            rc = r.get("run_config") or {}
-            p_ = rc.get("precision") if rc.get("precision") in PRECISIONS_CUDA else "16-mixed"
-            cl_ = bool(rc.get("channels_last", False))
-            ref = plain_rate(res, "unet", p_, cl_) or {}
-            rt_, re2 = ref.get("train_images_per_s"), ref.get("eval_images_per_s")
-            if rt_ and re2 and r.get("epoch_seconds") and r.get("n_items"):
-                pred = epoch_compute_seconds(r["n_items"], rt_, re2)
-                r["one_gpu_compute_seconds_predicted"] = round(pred, 3)
-                r["end_to_end_factor"] = round(pred / r["epoch_seconds"], 4)
-                r["end_to_end_reference_row"] = {"arch": "unet", "precision": p_, "channels_last": cl_}
-                r["end_to_end_factor_means"] = (
-                    "one-GPU compute-only seconds of this epoch's items (the unet row of the run's precision and "
-                    "memory format) / the measured "
-                    "epoch seconds; a short phantom epoch weighs per-epoch fixed costs (evaluation start-up, the "
-                    "last partial batch) more than a paper-sized one does, so this understates the efficiency "
-                    "and the projection built on it is an upper bound")
-            res[key] = r
+            r = epoch_fn(work, n, devices, epochs, deadline - clock() - KILL_GRACE_S, size=s.size,
+                         batch_size=s.batch_size, phantom_timeout_s=max(0.1, ph_share - (clock() - t0)))
+            r["sizing"] = sizing
+            if r.get("timed_out"):
+                e = (NotMeasured(f"writing the phantom ran over its {_s(ph_share)} s share")
+                     if r["timed_out"] == "phantom" else OverShare("the training command"))
+                e.detail = r  # type: ignore[attr-defined]
+                raise e
+            add_end_to_end(r, res)
             return r
 
-        if attempt(key, min(allot, 60.0), go) is None and key not in res:
-            why = next((x["reason"] for x in res["skipped"] if x["part"] == key), None)
-            res[key] = {"devices": devices, **({"skipped": why} if why else {"error": "failed: see errors"})}
-
-    if on_cuda or epoch_fn is not run_epoch:
-        epoch_part(visible)
-    else:
-        res["epoch"] = {"skipped": "not on CUDA"}
-
-    def rows_part(combos: list[tuple[str, bool]]) -> None:
-        for precision, cl in combos:
-            if "rows" in skip or (precision == "32-true" and "32-true" in skip):
-                res["skipped"].append({"part": f"rows:{precision}:cl={cl}", "reason": "--skip"})
-                continue
-            for arch in archs:
-                row = do_row(arch, precision, cl)
-                if row:
-                    res["rows"].append(row)
-
-    # 3. channels-last and bf16 (the candidates for the defaults)
-    rows_part([("16-mixed", True), ("bf16-mixed", False), ("bf16-mixed", True)])
-
-    # 4. the measured multi-GPU speed-up
-    if visible > 1 and (on_cuda or epoch_fn is not run_epoch):
-        epoch_part(1)
-
-    # 5. cudnn.benchmark off / on (back to back) and torch.compile (a subprocess with a hard
-    # timeout) at the recommended precision / memory format: the U-Net now (7 of the
-    # profile's 8 runs), the ResNet-50 after the fp32 rows
-    rec = recommend(res)
-    prec, cl = rec["precision"]["recommended"], bool(rec["channels_last"]["recommended"])
-    pairs: dict[str, Any] = {}
-    res["cudnn_benchmark"] = {"precision": prec, "channels_last": cl, "pairs": pairs}
-    res["compile"] = {"precision": prec, "channels_last": cl, "rows": {}}
-    for tag in ("cudnn", "compile"):
-        if tag in skip:
-            res["cudnn_benchmark" if tag == "cudnn" else "compile"]["skipped"] = "--skip"
-
-    def switches_part(arch: str) -> None:
-        if arch not in archs:
-            return
-        if "cudnn" not in skip:
-            pair = {}
-            for on in (False, True):
-                row = do_row(arch, prec, cl, cudnn_benchmark=on)
-                if row:
-                    pair["on" if on else "off"] = row
-            if pair:
-                pairs[arch] = pair
-        if "compile" not in skip:
-            need = s.compile_min_s
-
-            def go():
-                echo(f"  compile {arch} {prec} channels_last={cl}")
-                row = compile_fn(arch, prec, cl, s, budget.usable(), work)
-                add_flops(row, res["flops"].get(arch), peaks, tf32_conv)
-                res["compile"]["rows"][arch] = row
-                return row
-
-            if attempt(f"compile:{arch}", need, go) is None and not res["compile"]["rows"]:
-                res["compile"]["skipped"] = ("budget: " + budget.why_not(need) + "; compiling can take a minute"
-                                             if not budget.allows(need) else "failed: see errors")
-
-    switches_part("unet")
-    # 6. fp32 (the numerical reference), then the ResNet-50's switches
-    rows_part([("32-true", False), ("32-true", True)])
-    switches_part("resnet50")
-    if not pairs and "skipped" not in res["cudnn_benchmark"]:
-        res["cudnn_benchmark"]["skipped"] = next((x["reason"] for x in res["skipped"]
-                                                  if x["part"].startswith("row:") and "cudnn" in x["part"]),
-                                                 "no row measured")
-    if not res["compile"]["rows"] and "skipped" not in res["compile"]:
-        res["compile"]["skipped"] = "no row measured"
-
-    # 7. projection and recommendations (no GPU work)
-    ends: dict[int, float] = {}
-    for key, r in res.items():
-        if (key == "epoch" or key.startswith("epoch_")) and isinstance(r, dict) and r.get("end_to_end_factor"):
-            ends[int(r["devices"])] = r["end_to_end_factor"]
-    res["projection"] = {}
-    rec = recommend(res)
-    res["recommendations"] = rec
-    combos = {"paper_profile_as_configured": ("16-mixed", False),
-              "recommended_precision_and_memory_format": (rec["precision"]["recommended"],
-                                                          bool(rec["channels_last"]["recommended"]))}
-    for key, (p_, cl_) in combos.items():
-        rows = {a: plain_rate(res, a, p_, cl_) for a in ARCHS}
-        if all(rows.values()):
-            proj = project_paper({a: rows[a]["train_images_per_s"] for a in ARCHS},  # type: ignore[index]
-                                 {a: rows[a]["eval_images_per_s"] for a in ARCHS},  # type: ignore[index]
-                                 end_to_end=ends, visible_gpus=visible)
-            proj["precision"], proj["channels_last"] = p_, cl_
-            if ends and (p_, cl_) != ("16-mixed", False):
-                proj["assumed"] += ("; the end-to-end factors, measured against the 16-mixed channels-last-off "
-                                    "compute rate, are applied to this combination's compute rate unchanged")
-            res["projection"][key] = proj
+        r = attempt(key, go, s.epoch_min_s)
+        if r is None:
+            st = status_of(key)
+            res[key] = {"devices": devices, **(details.get(key) or {}),
+                        **({"skipped": reason_of(key)} if st.startswith(NOT_MEASURED) else {"error": st})}
         else:
-            missing = [a for a, r in rows.items() if not r]
-            res["projection"][key] = {"skipped": f"no {p_} channels_last={cl_} row of {', '.join(missing)}",
-                                      "precision": p_, "channels_last": cl_}
-    res["complete"] = True
-    res["seconds_total"] = round(budget.used(), 1)
-    write()
-    if own_work:
-        shutil.rmtree(work, ignore_errors=True)
+            res[key] = r
+
+    def switches_part(arch: str, prec: str, cl: bool) -> None:
+        pair, gone = {}, {}
+        for on in ("off", "on"):
+            row = row_part(f"cudnn:{arch}:{on}", arch, prec, cl, cudnn_benchmark=on == "on")
+            if "not_measured" in row:
+                gone[f"cudnn:{arch}:{on}"] = row["not_measured"]
+            else:
+                pair[on] = row
+        if pair:
+            res["cudnn_benchmark"]["pairs"][arch] = pair
+        res["cudnn_benchmark"]["not_measured"].update(gone)
+
+        def go(stop, deadline):
+            echo(f"  compile {arch} {prec} channels_last={cl}")
+            try:
+                row = compile_fn(arch, prec, cl, s, deadline - clock() - KILL_GRACE_S, work)
+            except Exception as e:
+                if is_no_c_compiler(str(e)):
+                    raise NotMeasured(NO_CC_REASON) from e
+                raise
+            if row.get("no_c_compiler") or is_no_c_compiler(row.get("error")):
+                raise NotMeasured(NO_CC_REASON)
+            if row.get("timed_out"):
+                raise OverShare(f"compiling {arch}")
+            return add_flops(row, res["flops"].get(arch), peaks, tf32c)
+
+        row = attempt(f"compile:{arch}", go, s.compile_min_s)
+        if row is not None:
+            res["compile"]["rows"][arch] = row
+        else:
+            res["compile"]["not_measured"][f"compile:{arch}"] = reason_of(f"compile:{arch}")
+
+    def stages() -> None:
+        # 1. core: the paper's precision, the current defaults
+        echo(f"GPU check on {name or device}, budget {budget_s:.0f} s -> {path}")
+        for arch in ARCHS:
+            f = attempt(f"flops:{arch}", lambda stop, deadline, a=arch: (flops_fn or _count)(a, s, device))
+            if f:
+                res["flops"][arch] = f
+            res["rows"].append(row_part(f"row:{arch}:16-mixed:cl=False", arch, "16-mixed", False))
+        # 2. one short real paper-profile run on all visible GPUs
+        epoch_part("epoch", visible)
+        # 3. channels-last and bf16 (the candidates for the defaults)
+        for precision, cl in (("16-mixed", True), ("bf16-mixed", False), ("bf16-mixed", True)):
+            for arch in ARCHS:
+                res["rows"].append(row_part(f"row:{arch}:{precision}:cl={cl}", arch, precision, cl))
+        # 4. the measured multi-GPU speed-up
+        if visible > 1:
+            epoch_part("epoch_1gpu", 1)
+        # 5. cudnn.benchmark off / on (back to back) and torch.compile (a subprocess) at the
+        # recommended precision / memory format: the U-Net now, the ResNet-50 after fp32
+        rec = recommend(res)
+        prec, cl = rec["precision"]["recommended"], bool(rec["channels_last"]["recommended"])
+        res["cudnn_benchmark"] = {"precision": prec, "channels_last": cl, "pairs": {}, "not_measured": {}}
+        res["compile"] = {"precision": prec, "channels_last": cl, "rows": {}, "not_measured": {}}
+        switches_part("unet", prec, cl)
+        # 6. fp32 (the numerical reference), then the ResNet-50's switches
+        for precision, cl_ in (("32-true", False), ("32-true", True)):
+            for arch in ARCHS:
+                res["rows"].append(row_part(f"row:{arch}:{precision}:cl={cl_}", arch, precision, cl_))
+        switches_part("resnet50", prec, cl)
+        for block, has in (("cudnn_benchmark", "pairs"), ("compile", "rows")):
+            if not res[block][has]:
+                res[block]["skipped"] = _one_reason(res[block]["not_measured"]) or "no row measured"
+        # 7. projection and recommendations (no GPU work: inside the reserve)
+        rec = recommend(res)
+        res["recommendations"] = rec
+        res["projection"] = projections(res, rec, visible)
+        res["complete"] = True
+
+    try:
+        stages()
+    finally:  # the JSON is written whatever happened
+        res["seconds_total"] = round(budget.used(), 1)
+        still = abandoned_alive()
+        if still:
+            res["abandoned_still_running"] = still
+        write()
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
     res["_path"] = str(path)
     return res

@@ -1,4 +1,7 @@
-"""The GPU check's subprocesses: the ``compile`` row and the real ``paper`` training epoch."""
+"""What the GPU check runs apart from its own thread, each stopped at its deadline: every
+part in a worker thread (:func:`run_within`), the subprocesses (the ``compile`` row, the
+phantom and the real ``paper`` training epoch), and the probes they need (a C compiler, the
+phantom's speed)."""
 
 from __future__ import annotations
 
@@ -6,17 +9,110 @@ import contextlib
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import asdict
+import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .budget import KILL_WAITS_S
 from .measure import Settings, measure
+
+
+# -- every part in a worker thread with a deadline ------------------------------------------
+@dataclass
+class Outcome:
+    """What :func:`run_within` saw: the part's value, or its exception (and traceback), or
+    ``over``: it was still running at its deadline (abandoned, its children killed)."""
+
+    value: Any = None
+    error: BaseException | None = None
+    traceback: str = ""
+    over: bool = False
+
+
+#: Worker threads abandoned at their deadline that may still run: ``(part, thread)``.
+_ABANDONED: list[tuple[str, threading.Thread]] = []
+
+
+def abandoned_alive() -> list[str]:
+    """The parts whose abandoned worker threads are still running."""
+    return [part for part, t in _ABANDONED if t.is_alive()]
+
+
+def run_within(fn: Callable[[threading.Event], Any], deadline: float, clock: Callable[[], float] = time.monotonic,
+               part: str = "part", poll_s: float = 0.25) -> Outcome:
+    """Run ``fn(stop)`` in a daemon thread and wait for it until ``deadline`` (a ``clock()``
+    value) at the latest. A part still running then, or one that ended after it (a fake
+    clock), is ``over``: ``stop`` is set (timed loops end at their next step), every child
+    process group is killed (SIGKILL) and the thread is left behind; a value that comes
+    later is dropped."""
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, who records it
+            box["error"], box["traceback"] = e, traceback.format_exc()[-3000:]
+
+    t = threading.Thread(target=target, name=f"gpu-check {part}", daemon=True)
+    t.start()
+    while t.is_alive():
+        left = deadline - clock()
+        if left <= 0:
+            break
+        t.join(timeout=min(left, poll_s))
+    if t.is_alive() or clock() > deadline:
+        stop.set()
+        end_children(signal.SIGKILL)
+        if t.is_alive():
+            _ABANDONED.append((part, t))
+        return Outcome(over=True)
+    return Outcome(value=box.get("value"), error=box.get("error"), traceback=box.get("traceback", ""))
+
+
+# -- probes: a C compiler for torch.compile, the phantom's speed ----------------------------
+NO_CC_REASON = "no C compiler (torch.compile needs one; install gcc)"
+
+
+def find_c_compiler() -> str | None:
+    """The C compiler that torch.compile's Triton back end would use (``$CC``, else ``gcc``,
+    else ``clang``: Triton's own order), or None."""
+    for name in (os.environ.get("CC"), "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+_NO_CC_PATTERNS = re.compile(r"failed to find c compiler|specify via cc environment|invalidcxxcompiler|"
+                             r"no working c(\+\+)? compiler|\b(gcc|cc|clang): (command )?not found", re.IGNORECASE)
+
+
+def is_no_c_compiler(text: str | None) -> bool:
+    """Whether an error text or log says that no C compiler was found."""
+    return bool(text and _NO_CC_PATTERNS.search(text))
+
+
+def phantom_probe(work: Path, size: int, n: int = 2) -> float:
+    """Seconds per image of writing the ``siim-dicom`` phantom at ``size`` px in this process
+    (one CPU core), from ``n`` images written to a scratch folder under ``work``."""
+    from pneumolib.data.phantom import write_phantom
+
+    out = Path(work) / f"phantom-probe-s{size}"
+    t0 = time.perf_counter()
+    write_phantom(out, n=n, size=size, workers=0, layout="siim-dicom", progress=False, overwrite=True)
+    secs = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return secs / n
 
 
 # -- subprocesses: the compile row and the real training epoch ----------------------------
@@ -48,9 +144,12 @@ def on_sigterm(signum, frame):  # pragma: no cover - exercised by `timeout` on t
 
 
 def run_subprocess(cmd: list[str], timeout_s: float, log: Path, env: dict[str, str] | None = None,
-                   clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+                   clock: Callable[[], float] = time.monotonic,
+                   kill_waits_s: tuple[float, float] = KILL_WAITS_S) -> dict[str, Any]:
     """Run ``cmd`` in its own process group with output to ``log``; on timeout the whole
-    group (DDP workers included) is terminated, then killed."""
+    group (DDP workers included) is terminated, then killed: it returns at most
+    ``timeout_s + sum(kill_waits_s)`` seconds after the start (a group that survives SIGKILL
+    is left behind)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = clock()
     with open(log, "wb") as fh:
@@ -58,11 +157,11 @@ def run_subprocess(cmd: list[str], timeout_s: float, log: Path, env: dict[str, s
                                 start_new_session=True)
         _CHILD_GROUPS.add(proc.pid)
         try:
-            rc = proc.wait(timeout=max(1.0, timeout_s))
+            rc = proc.wait(timeout=max(0.1, timeout_s))
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-            for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            for sig, wait_s in zip((signal.SIGTERM, signal.SIGKILL), kill_waits_s):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
                 try:
@@ -115,8 +214,12 @@ def compile_row(arch: str, precision: str, channels_last: bool, s: Settings, tim
     base = {"arch": arch, "precision": precision, "channels_last": channels_last, "compile": True,
             "subprocess_seconds": run["seconds"]}
     if run["timed_out"]:
-        return {**base, "error": f"compiling and timing did not finish within {timeout_s:.0f} s (killed)"}
-    return {**base, "error": f"the compile subprocess exited with status {run['rc']}", "log_tail": _tail(log)}
+        return {**base, "timed_out": True,
+                "error": f"compiling and timing did not finish within {timeout_s:.0f} s (killed)"}
+    tail = _tail(log)
+    if is_no_c_compiler(tail):
+        return {**base, "no_c_compiler": True, "error": NO_CC_REASON, "log_tail": tail}
+    return {**base, "error": f"the compile subprocess exited with status {run['rc']}", "log_tail": tail}
 
 
 def _read_epochs(path: Path) -> list[dict[str, Any]]:
@@ -131,12 +234,14 @@ def _read_epochs(path: Path) -> list[dict[str, Any]]:
 def run_epoch(work: Path, n_images: int, devices: int, epochs: int, timeout_s: float, size: int = 512,
               batch_size: int = 32, python: str = sys.executable, extra_sets: tuple[str, ...] = (),
               runner: Callable[..., dict[str, Any]] = run_subprocess,
-              clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+              clock: Callable[[], float] = time.monotonic, phantom_timeout_s: float | None = None) -> dict[str, Any]:
     """A short real ``paper``-profile training run: ``pneumo data phantom --layout siim-dicom``
     then ``pneumo train --scenario random --profile paper`` with ``max_epochs=epochs`` on
     ``devices`` GPUs (DDP when more than one), each a subprocess; read back ``epochs.csv``
     and ``metrics.json``. The last epoch is the steady one (the first pays for start-up:
-    cuDNN's first calls, worker processes)."""
+    cuDNN's first calls, worker processes). The phantom's subprocess is killed after
+    ``phantom_timeout_s`` (default: ``timeout_s``), the whole after ``timeout_s`` plus the
+    kill waits; ``timed_out`` says which one ran out (``phantom`` or ``train``)."""
     t_start = clock()
     work = Path(work)
     data = work / f"phantom-siim-dicom-n{n_images}-s{size}"
@@ -156,14 +261,20 @@ def run_epoch(work: Path, n_images: int, devices: int, epochs: int, timeout_s: f
                            "max_epochs": epochs, "commands": {"phantom": " ".join(ph_cmd[1:]),
                                                               "train": " ".join(tr_cmd[1:])}}
     if not data.exists():
-        ph = runner(ph_cmd, timeout_s, work / "phantom.log", env=env)
+        ph_timeout = timeout_s if phantom_timeout_s is None else min(timeout_s, phantom_timeout_s)
+        ph = runner(ph_cmd, ph_timeout, work / "phantom.log", env=env)
         out["seconds_phantom"] = ph["seconds"]
+        if ph["timed_out"]:
+            out["timed_out"] = "phantom"
+            shutil.rmtree(data, ignore_errors=True)  # a half-written set is not reused
         if ph["rc"] != 0 or ph["timed_out"]:
             out["error"] = ("writing the phantom timed out" if ph["timed_out"] else
                             f"writing the phantom exited with status {ph['rc']}")
             out["log_tail"] = _tail(ph["log"])
             return out
     left = timeout_s - (clock() - t_start)
+    if left < 1.0:
+        return {**out, "timed_out": "train", "error": "no time was left for the training command"}
     tr = runner(tr_cmd, left, work / f"train-{devices}gpu.log", env=env)
     out["seconds_train_command"] = tr["seconds"]
     rows = _read_epochs(run_dir / "epochs.csv")
@@ -171,6 +282,7 @@ def run_epoch(work: Path, n_images: int, devices: int, epochs: int, timeout_s: f
     if (run_dir / "metrics.json").exists():
         metrics = json.loads((run_dir / "metrics.json").read_text())
     if tr["timed_out"]:
+        out["timed_out"] = "train"
         out["error"] = f"the training command did not finish within {left:.0f} s (killed)"
     elif tr["rc"] != 0:
         out["error"] = f"the training command exited with status {tr['rc']}"
@@ -200,9 +312,11 @@ def run_epoch(work: Path, n_images: int, devices: int, epochs: int, timeout_s: f
     elif "error" not in out:
         out["error"] = "the run left no epochs.csv / metrics.json"
         out["log_tail"] = _tail(tr["log"])
+    inside = sum(r.get("time_s", 0.0) for r in rows)
     if rows and out.get("fit_seconds"):
-        inside = sum(r.get("time_s", 0.0) for r in rows)
         out["fit_seconds_outside_epochs"] = round(out["fit_seconds"] - inside, 3)
+    if rows and not tr["timed_out"]:  # measured: what the training command spent outside its epochs
+        out["seconds_train_startup_and_teardown"] = round(tr["seconds"] - inside, 2)
     out["measures"] = ("epochs.csv time_s: from the start of a training epoch (on_train_epoch_start) to its end "
                        "(EpochCSV's on_train_epoch_end), which includes the data loading (memmap cache, the "
                        "profile's workers), Lightning, the GradScaler and the per-epoch val + test evaluation; "

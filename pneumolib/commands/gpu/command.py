@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import warnings
 from dataclasses import replace
@@ -15,10 +16,20 @@ import torch
 
 from pneumolib.errors import ConfigError
 
-from .budget import NoCudaError
-from .check import parse_skip, run_gpu_check
+from .budget import SKIPPABLE, NoCudaError
+from .check import run_gpu_check
 from .children import on_sigterm
 from .measure import Settings
+
+
+def parse_skip(skip: str | list[str] | tuple[str, ...] | None) -> set[str]:
+    """The parts of ``--skip`` (comma-separated); an unknown one is a :class:`ConfigError`."""
+    items = skip.split(",") if isinstance(skip, str) else list(skip or ())
+    out = {x.strip() for x in items if x.strip()}
+    bad = sorted(out - set(SKIPPABLE))
+    if bad:
+        raise ConfigError(f"--skip {','.join(bad)}: unknown part(s); valid: {', '.join(SKIPPABLE)}")
+    return out
 
 
 # -- the summary table ----------------------------------------------------------------------
@@ -36,6 +47,8 @@ def format_gpu_table(res: dict[str, Any]) -> str:
     lines.append("-" * 110)
 
     def speed_line(r: dict[str, Any], label: str) -> str:
+        if "not_measured" in r:
+            return row.format(label, "-", "not measured: " + r["not_measured"])
         if "error" in r:
             return row.format(label, "-", r["error"])
         frac = (f" = {100 * r['fraction_of_peak']:.1f} % of {r['peak_kind']} peak" if "fraction_of_peak" in r else
@@ -103,12 +116,15 @@ def format_gpu_table(res: dict[str, Any]) -> str:
         lines.append(row.format(f"recommend {name}", str(r.get("recommended")),
                                 f"{verdict} ({r.get('default')}); favoured {r.get('favoured')}; {gain}"
                                 f"{r.get('basis', '')}"[:220]))
+    shown = {f"row:{r['arch']}:{r['precision']}:cl={r['channels_last']}" for r in res.get("rows", [])}
     for sk in res.get("skipped", []):
-        lines.append(row.format(f"skipped {sk['part']}"[:44], "-", sk["reason"]))
+        if sk["part"] not in shown:
+            lines.append(row.format(f"not measured {sk['part']}"[:44], "-", sk["reason"]))
     for er in res.get("errors", []):
         lines.append(row.format(f"error {er['part']}"[:44], "-", er["error"]))
     b = res.get("budget", {})
-    lines.append(f"budget {b.get('budget_s')} s, used {b.get('seconds_used')} s")
+    lines.append(f"budget {b.get('budget_s')} s, used {b.get('seconds_used')} s"
+                 + (f" (worst case by its shares {res['shares']['total_s']} s)" if res.get("shares") else ""))
     return "\n".join(lines)
 
 
@@ -161,4 +177,10 @@ def main(size: int = 512, batch_size: int = 32, steps: int | None = None, out: s
     print()
     print(format_gpu_table(res))
     print(f"\nwrote {res['_path']}")
+    if res.get("abandoned_still_running"):
+        # a part abandoned at its deadline may still hold the GPU: leave now rather than wait
+        # for it in the interpreter's shutdown (the JSON and the table are written)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

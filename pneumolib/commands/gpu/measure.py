@@ -1,10 +1,12 @@
-"""Speed rows on the GPU: training / evaluation images/s, peak memory, FLOPs."""
+"""Speed rows on the GPU: training / evaluation images/s, peak memory, FLOPs; the GPUs and
+their TF32 state."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -13,7 +15,7 @@ from torch import nn
 
 from pneumolib.config import PROFILES
 
-from .budget import ARCHS, AUTOCAST_DTYPE, peak_kind, time_steps
+from .budget import ARCHS, AUTOCAST_DTYPE, OverShare, peak_kind, time_steps
 
 
 # -- the GPU measurements -----------------------------------------------------------------
@@ -34,8 +36,47 @@ class Settings:
     eval_window_s: float = 0.8
     epoch_images: int | None = None
     epochs: int = 2
-    compile_min_s: float = 90.0
+    #: seconds a part needs at least (its share plus what earlier parts left) to be started
+    row_min_s: float = 3.0
+    epoch_min_s: float = 30.0
+    compile_min_s: float = 40.0
+    #: seconds kept after the parts' last deadline for the projection, the JSON and the
+    #: cleanup, and the margin that no part may use (:func:`pneumolib.commands.gpu.budget.worst_case_s`)
     reserve_s: float = 12.0
+    margin_s: float = 8.0
+
+
+def gpus() -> list[dict[str, Any]]:
+    """The visible CUDA devices: index, name, capability, memory (GiB), multiprocessors."""
+    out = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        out.append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
+                    "memory_gib": round(p.total_memory / 2**30, 1), "multiprocessors": p.multi_processor_count})
+    return out
+
+
+def tf32_state() -> dict[str, Any]:
+    """torch's TF32 switches for convolutions and matrix products (the ones this torch has)."""
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, get in (("cudnn_conv_fp32_precision", lambda: torch.backends.cudnn.conv.fp32_precision),
+                          ("cuda_matmul_fp32_precision", lambda: torch.backends.cuda.matmul.fp32_precision),
+                          ("cudnn_allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
+                          ("cuda_matmul_allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32)):
+            with contextlib.suppress(Exception):
+                out[name] = get()
+    return out
+
+
+def tf32_conv(state: dict[str, Any], capability: tuple[int, int] | None) -> bool:
+    """Whether fp32 convolutions run on TF32 tensor cores (Ampere and later, TF32 allowed)."""
+    if capability is not None and capability[0] < 8:
+        return False
+    if "cudnn_conv_fp32_precision" in state:
+        return state["cudnn_conv_fp32_precision"] == "tf32"
+    return bool(state.get("cudnn_allow_tf32", True))
 
 
 def sync(device: torch.device) -> None:
@@ -118,7 +159,7 @@ def _fill(row: dict[str, Any], kind: str, tm: dict[str, Any], batch_size: int) -
 
 def _measure_into(row: dict[str, Any], arch: str, precision: str, channels_last: bool, s: Settings,
                   device: torch.device, compile: bool, eval_too: bool, builder: Callable[[str, Settings], nn.Module],
-                  clock: Callable[[], float]) -> None:
+                  clock: Callable[[], float], stop: Callable[[], bool] | None = None) -> None:
     """Fills ``row`` as it goes (a later out-of-memory keeps the numbers before it)."""
     from pneumolib.commands.bench_train import plain_step
 
@@ -141,7 +182,7 @@ def _measure_into(row: dict[str, Any], arch: str, precision: str, channels_last:
         plain_step(model, opt, x, y, dtype, scaler)
 
     timing: dict[str, Any] = {"warmup": s.warmup_steps, "probe": s.probe_steps, "windows": s.windows,
-                              "min_steps": s.min_steps, "max_steps": s.max_steps, "clock": clock}
+                              "min_steps": s.min_steps, "max_steps": s.max_steps, "clock": clock, "stop": stop}
     row["phase"] = "train"
     _fill(row, "train", time_steps(train_step, lambda: sync(device), window_s=s.window_s, **timing), s.batch_size)
     row["train_peak_memory_gib"] = (_peak_gib(device) or {}).get("allocated")
@@ -168,10 +209,12 @@ def _measure_into(row: dict[str, Any], arch: str, precision: str, channels_last:
 def measure(arch: str, precision: str, channels_last: bool, s: Settings, device: torch.device, *,
             cudnn_benchmark: bool = False, compile: bool = False, eval_too: bool = True,
             builder: Callable[[str, Settings], nn.Module] = build_arch,
-            clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+            clock: Callable[[], float] = time.perf_counter,
+            stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """One speed row: training (and evaluation) images/s and peak memory of ``arch`` in
     ``precision`` with channels-last ``channels_last``; an out-of-memory or other failure
-    becomes the row's ``error``."""
+    becomes the row's ``error``. ``stop`` is asked after every timed step: when it says True
+    the row ends by raising :class:`~pneumolib.commands.gpu.budget.OverShare`."""
     row: dict[str, Any] = {"arch": arch, "precision": precision, "channels_last": bool(channels_last),
                            "cudnn_benchmark": bool(cudnn_benchmark), "compile": bool(compile)}
     t0 = clock()
@@ -180,7 +223,9 @@ def measure(arch: str, precision: str, channels_last: bool, s: Settings, device:
     free_cuda(device)
     _reset_peak(device)
     try:
-        _measure_into(row, arch, precision, channels_last, s, device, compile, eval_too, builder, clock)
+        _measure_into(row, arch, precision, channels_last, s, device, compile, eval_too, builder, clock, stop)
+    except OverShare:
+        raise
     except Exception as e:  # noqa: BLE001 - a failing configuration is a result, not a crash
         phase = row.pop("phase", "setup")
         if _is_oom(e):
