@@ -10,7 +10,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "pneumolib"
 ARCH = PKG.parent / "docs" / "ARCHITECTURE.md"
 STAGES = ["data", "prep", "models", "training", "evaluation", "reporting", "commands"]
-FOUNDATION = {"config", "paths", "errors", "seeding", "runio", "metrics"}
+FOUNDATION = {"config", "paths", "errors", "seeding", "runio", "machine", "metrics"}
 MAX_LINES = 400
 
 
