@@ -206,6 +206,15 @@ def test_write_table4_states_which_dice(runs, tmp_path):
     assert "| resnet50 | ResNet-50 Encoder | 0.410 |" in md  # no interval: the mean alone
     assert "without an interval" in md and "bootstrap interval over test images" in md
     assert "ci95_lo" in csv.columns[3] and "n_seeds" in csv.columns
+    # one seed per scenario: training variance unmeasured, said in a column and above the table
+    assert (csv["training_variance"] == "unmeasured (1 seed)").all()
+    assert "**Training variance unmeasured** for every scenario" in md
+    # Figure 7's choice cannot be rated without val_per_image.csv: said, not guessed
+    choice = tables.ae_choice(runs)
+    assert math.isnan(choice.attrs["share"]) and choice.attrs["missing"] == list(tables.AE_SCENARIOS)
+    assert choice.attrs["chosen"] == figures.best_ae_scenario(runs)  # from metrics.json, as the figure
+    assert "`ae_encoder_mask_decoder`" in markdown.ae_choice_note(choice)
+    assert "cannot be said" in markdown.ae_choice_note(choice)
 
 
 def test_save_figures_writes_small_pngs(runs, tmp_path):

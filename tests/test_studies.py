@@ -122,3 +122,45 @@ def test_label_efficiency_figure():
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and len(ax.get_lines()) == 2
     plots.plt.close(fig)
+
+
+def _seed_per_image(level: float, seed: int, n: int = 400) -> pd.DataFrame:
+    """One training seed on fixed test images (truth from seed 0), pooled Dice about ``level``."""
+    rt, rp = np.random.default_rng(0), np.random.default_rng(100 + seed)
+    true = rt.integers(50, 200, n) * (rt.random(n) < 0.5)
+    frac = np.clip(level + 0.05 * rp.standard_normal(n), 0, 1)
+    return pd.DataFrame({"index": np.arange(n), "intersection": (frac * true).astype(int), "pred_area": true,
+                         "true_area": true, "score": rp.random(n), "src": np.arange(n)})
+
+
+def test_score_row_resamples_seeds_when_there_are_several():
+    one = studies.score_row(_seed_per_image(0.5, 1))
+    assert one["n_seeds"] == 1 and one["training_variance"] == "unmeasured (1 seed)"
+    seeds = [_seed_per_image(lv, k) for k, lv in enumerate((0.35, 0.5, 0.65))]
+    several = studies.score_row(seeds)
+    assert several["n_seeds"] == 3 and several["training_variance"] == "resampled (3 seeds)"
+    assert several["dice_pooled_ci95_hi"] - several["dice_pooled_ci95_lo"] > \
+        3 * (one["dice_pooled_ci95_hi"] - one["dice_pooled_ci95_lo"])
+    assert several["dice_pooled_ci95_lo"] <= several["dice_pooled"] <= several["dice_pooled_ci95_hi"]
+    md = studies.study_markdown(pd.DataFrame([{"scenario": "a", **one}, {"scenario": "b", **several}]),
+                                studies.PRETEXT_NOTE)
+    assert "unmeasured (1 seed)" in md and "resampled (3 seeds)" in md and "not ranked" in md
+
+
+def test_study_rows_gather_the_seeds_of_a_main_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path))
+    cfg = get_config("smoke")
+    results = tmp_path / "results" / cfg.name
+    for folder, seed, level in (("random", 42, 0.4), ("random-seed43", 43, 0.5), ("random-seed42", 42, 0.9),
+                                ("random_x-seed1", 1, 0.9), ("studies/label_efficiency/random-labels0.1", 42, 0.2)):
+        f = results / folder
+        f.mkdir(parents=True)
+        (f / "metrics.json").write_text(json.dumps({"name": f.name, "provenance": {"config": {"seed": seed}}}))
+        _seed_per_image(level, seed).to_csv(f / "test_per_image.csv", index=False)
+    (results / "random-seed44").mkdir()  # unfinished: no test_per_image.csv
+    assert len(studies._seed_frames(results / "random")) == 2  # 42 (once) and 43
+    df = studies.label_efficiency_study(cfg, scenarios=["random"]).set_index("label_frac")
+    assert list(df.index) == [0.1, 1.0]
+    assert df.loc[0.1, "n_seeds"] == 1 and df.loc[0.1, "training_variance"] == "unmeasured (1 seed)"
+    assert df.loc[1.0, "n_seeds"] == 2 and df.loc[1.0, "training_variance"] == "resampled (2 seeds)"
+    assert df.loc[1.0, "dice_pooled"] == pytest.approx(0.45, abs=0.02)  # the mean of seeds 42 and 43

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pneumolib import metrics, runio
-from pneumolib.evaluation import uncertainty
+from pneumolib.evaluation import resample, uncertainty
 from pneumolib.evaluation.uncertainty import ImageSetMismatch, bootstrap_ci, replicates, seed_summary
 from pneumolib.reporting import markdown, tables
 from pneumolib.reporting import runs as runs_mod
@@ -216,7 +216,7 @@ def test_thousand_replicates_of_two_thousand_images_are_fast():
 def test_large_sets_are_chunked_with_the_same_replicates(monkeypatch):
     df = fake_per_image(500, seed=8)
     whole = replicates(df, n_boot=50, seed=3)
-    monkeypatch.setattr(uncertainty, "_CHUNK_CELLS", 500 * 7)  # 7 replicates per chunk
+    monkeypatch.setattr(resample, "_CHUNK_CELLS", 500 * 7)  # 7 replicates per chunk
     chunked = replicates(df, n_boot=50, seed=3)
     # integers(0, n, (c, n)) in successive chunks draws the same stream as one draw
     pd.testing.assert_frame_equal(whole, chunked)
@@ -243,12 +243,18 @@ def test_seed_summary_resamples_images_jointly_across_seeds():
     pa, pb = summarize_frame(a), summarize_frame(b)
     assert pa["dice_pooled"] != pb["dice_pooled"]
     s = seed_summary([a, b], n_boot=400, seed=5)
+    images_only = seed_summary([a, b], n_boot=400, seed=5, over="images")
     joint = (replicates(a, n_boot=400, seed=5) + replicates(b, n_boot=400, seed=5)) / 2
     for m in ("dice_pooled", "dice_per_image", "auc", "sensitivity"):
         assert s[m]["mean"] == pytest.approx((pa[m] + pb[m]) / 2)
         assert s[m]["sd"] == pytest.approx(abs(pa[m] - pb[m]) / math.sqrt(2))
-        assert s[m]["lo"] == pytest.approx(np.nanpercentile(joint[m], 2.5))
-        assert s[m]["hi"] == pytest.approx(np.nanpercentile(joint[m], 97.5))
+        # the images-only interval: one image draw for both seeds, around the seed-mean
+        for lo, hi in ((s[m]["lo_images"], s[m]["hi_images"]), (images_only[m]["lo"], images_only[m]["hi"])):
+            assert lo == pytest.approx(np.nanpercentile(joint[m], 2.5))
+            assert hi == pytest.approx(np.nanpercentile(joint[m], 97.5))
+        assert s[m]["over"] == uncertainty.OVER_SEEDS and images_only[m]["over"] == uncertainty.OVER_IMAGES
+    d = s["dice_pooled"]
+    assert d["hi"] - d["lo"] > d["hi_images"] - d["lo_images"]  # the seeds differ: a wider interval
     # the truth is shared, so the all-empty baseline has no spread over seeds
     assert s["empty_baseline_dice_per_image"]["sd"] == 0.0
 
@@ -349,7 +355,9 @@ def test_table4_from_two_scenarios_with_two_seeds_each(profile):
     assert f"| random | Randomly initialized | {cell} |" in md
     assert re.search(r"\| resnet50 \| ResNet-50 Encoder \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", md)
     assert "mean over the training seeds" in md and "2 seeds per scenario" in md
-    assert "bootstrap interval over test images" in md and "300 resamples" in md
+    assert "bootstrap interval over training seeds and test images" in md and "300 resamples" in md
+    assert "Training variance unmeasured" not in md and "| resampled (2 seeds) |" in md
+    assert list(t.loc[["random", "resnet50"], "training_variance"]) == ["resampled (2 seeds)"] * 2
     assert "Kaggle score" in md and "summed over the whole test set" in md
     assert "the paper's numbers" in md and "not ours" in md and "empty_baseline_dice_per_image" in md
     assert "Spread over training seeds" in md
@@ -395,3 +403,197 @@ def test_seed_run_names():
     assert runs_mod.split_run_name("ae_encoder_mask_decoder-seed12") == ("ae_encoder_mask_decoder", 12)
     assert runs_mod.split_run_name("random") == ("random", None)
     assert runs_mod.split_run_name("random-seedx") == ("random-seedx", None)
+
+
+# -- training variance: seeds resampled with the test images -----------------------------------
+def seeded_runs(levels, n: int = 3000, noise: float = 0.05, truth_seed: int = 0,
+                pred_seed: int = 0) -> list[pd.DataFrame]:
+    """One per-image table per training seed, all on the same ``n`` positive test images, whose
+    pooled Dice is about ``levels[k]`` for seed ``k``. Many large masks and a small per-image
+    noise: the test-image variance is small, the seed variance is what ``levels`` makes it."""
+    rt = np.random.default_rng(truth_seed)
+    true = rt.integers(200, 400, n)
+    hard = 0.1 * rt.standard_normal(n)  # which images are hard: shared by every seed and scenario
+    out = []
+    for k, level in enumerate(levels):
+        rp = np.random.default_rng([pred_seed, k])
+        frac = np.clip(level + hard + noise * rp.standard_normal(n), 0.0, 1.0)
+        out.append(pd.DataFrame({"index": np.arange(n), "intersection": (frac * true).astype(np.int64),
+                                 "pred_area": true, "true_area": true, "score": np.round(frac, 2),
+                                 "src": np.arange(n), "image_id": [f"img{i}" for i in range(n)]}))
+    return out
+
+
+def test_seed_replicates_resample_seeds_and_undo_the_small_sample_shrinkage():
+    values = np.repeat(np.array([[0.0], [1.0], [2.0]]), 20_000, axis=1)  # three seeds, no image variance
+    adjusted = resample.seed_replicates(values, seed=1)
+    plain = resample.seed_replicates(values, seed=1, adjust=False)
+    s2 = 1.0  # the seeds' variance (ddof=1)
+    assert np.var(adjusted) == pytest.approx(s2 / 3, rel=0.05)  # the variance of a mean of 3 seeds
+    assert np.var(plain) == pytest.approx(2 / 3 * s2 / 3, rel=0.05)  # the bootstrap's (S-1)/S shrinkage
+    assert adjusted.mean() == pytest.approx(1.0, abs=0.02)
+    assert np.array_equal(resample.seed_replicates(values, seed=1), adjusted)  # deterministic
+    assert not np.array_equal(resample.seed_replicates(values, seed=2), adjusted)
+    assert not np.array_equal(resample.seed_replicates(values, seed=1, stream=1), adjusted)  # another stream
+    np.testing.assert_array_equal(resample.seed_replicates(values[:1]), values[0])  # one seed: nothing to draw
+    nan = values[:, :200].copy()
+    nan[1, :] = np.nan  # a seed whose metric is undefined
+    assert np.isnan(resample.seed_replicates(nan, adjust=False)).sum() > 100  # NaN where that seed was drawn
+
+
+def test_old_rule_tells_apart_what_the_seeds_do_not():
+    """Seed variance large (pooled Dice 0.40 / 0.50 / 0.60 across A's seeds), test-image variance
+    small (3,000 large masks): the images-only interval around the seed-means excludes 0, the
+    seed-and-image interval does not, and only the latter gives the verdict."""
+    a = seeded_runs([0.40, 0.50, 0.60], pred_seed=1)
+    b = seeded_runs([0.44, 0.47, 0.50], pred_seed=2)
+    old = uncertainty.difference_ci(a, b, n_boot=1000, over="images")
+    new = uncertainty.difference_ci(a, b, n_boot=1000)
+    assert old["diff"] == pytest.approx(new["diff"]) and new["diff"] == pytest.approx(0.03, abs=0.01)
+    assert old["lo"] > 0  # the old rule: "told apart"
+    assert new["lo"] < 0 < new["hi"]  # the new rule: not told apart
+    assert (new["lo_images"], new["hi_images"]) == (old["lo"], old["hi"])
+    assert uncertainty.verdict(new) == uncertainty.NOT_TOLD_APART and uncertainty.told_apart(new) is False
+    assert uncertainty.verdict(old) != uncertainty.TOLD_APART  # an images-only interval gives no verdict
+    # a gap far larger than the seeds' spread is still told apart
+    c = seeded_runs([0.60, 0.61, 0.62], pred_seed=3)
+    far = uncertainty.difference_ci(c, b, n_boot=1000)
+    assert far["lo"] > 0 and uncertainty.verdict(far) == uncertainty.TOLD_APART
+    # the pairs table carries the verdicts
+    pairs = uncertainty.pairs({"a": a, "b": b, "c": c}, n_boot=500)
+    assert list(pairs.columns) == list(uncertainty.PAIR_COLUMNS)
+    v = pairs.set_index(["a", "b"])["verdict"]
+    assert v[("a", "b")] == "not told apart" and v[("b", "c")] == "told apart"
+    assert pairs.set_index(["a", "b"]).loc[("a", "b"), "lo_images"] > 0
+
+
+def test_several_seeds_widen_the_interval_only_when_they_vary():
+    varied = seeded_runs([0.40, 0.50, 0.60], n=600, pred_seed=4)
+    s = seed_summary(varied, n_boot=800, seed=3)
+    for m in ("dice_pooled", "iou_pooled", "dice_per_image"):
+        w_both, w_img = s[m]["hi"] - s[m]["lo"], s[m]["hi_images"] - s[m]["lo_images"]
+        assert w_both > 3 * w_img, (m, w_both, w_img)
+        assert s[m]["lo"] <= s[m]["mean"] <= s[m]["hi"]
+    # the seed-mean's interval holds roughly +-1.96 sd/sqrt(3) of the seeds
+    assert s["dice_pooled"]["hi"] - s["dice_pooled"]["lo"] == pytest.approx(
+        2 * 1.96 * s["dice_pooled"]["sd"] / math.sqrt(3), rel=0.35)
+    same_seeds = [varied[1]] * 3  # no training variance: the images-only interval, draw for draw
+    t = seed_summary(same_seeds, n_boot=800, seed=3)
+    assert t["dice_pooled"]["lo"] == pytest.approx(t["dice_pooled"]["lo_images"], rel=1e-12)
+    assert t["dice_pooled"]["hi"] == pytest.approx(t["dice_pooled"]["hi_images"], rel=1e-12)
+    # one seed: images only, and said so
+    one = seed_summary(varied[:1], n_boot=800, seed=3)
+    assert one["dice_pooled"]["over"] == uncertainty.OVER_IMAGES
+    assert one["dice_pooled"]["lo"] == one["dice_pooled"]["lo_images"]
+    with pytest.raises(ValueError, match="over must be"):
+        seed_summary(varied, n_boot=10, over="seeds")
+
+
+def test_seed_and_image_bootstrap_is_deterministic_given_its_seed():
+    a = seeded_runs([0.40, 0.50, 0.60], n=400, pred_seed=5)
+    b = seeded_runs([0.45, 0.50], n=400, pred_seed=6)
+    pd.testing.assert_frame_equal(pd.DataFrame(seed_summary(a, n_boot=300, seed=9)),  # NaN == NaN here
+                                  pd.DataFrame(seed_summary(a, n_boot=300, seed=9)))
+    lo9, lo10 = (seed_summary(a, n_boot=300, seed=k)["dice_pooled"]["lo"] for k in (9, 10))
+    assert lo9 != lo10
+    d = uncertainty.difference_ci(a, b, n_boot=300, seed=9)
+    assert d == uncertainty.difference_ci(a, b, n_boot=300, seed=9) and d["n_b"] == 2
+    pd.testing.assert_frame_equal(uncertainty.pairs({"a": a, "b": b}, n_boot=200, seed=1),
+                                  uncertainty.pairs({"a": a, "b": b}, n_boot=200, seed=1))
+    assert uncertainty.selection_share({"a": a, "b": b}, n_boot=300, seed=4) == \
+        uncertainty.selection_share({"a": a, "b": b}, n_boot=300, seed=4)
+
+
+def test_one_seed_gives_no_verdict():
+    a, b = seeded_runs([0.60], pred_seed=7), seeded_runs([0.40, 0.41, 0.42], pred_seed=8)
+    d = uncertainty.difference_ci(a, b, n_boot=300)
+    assert d["lo"] > 0  # far apart on these weights and these images ...
+    assert uncertainty.verdict(d) == uncertainty.UNMEASURED == "training variance unmeasured (1 seed)"
+    assert uncertainty.told_apart(d) is None  # ... but nothing says a rerun of `a` would stay there
+    pairs = uncertainty.pairs({"a": a, "b": b}, n_boot=300)
+    assert pairs["told_apart"].isna().all() and list(pairs["verdict"]) == [uncertainty.UNMEASURED]
+
+
+def test_selection_share_says_how_sure_a_choice_is():
+    clear = {"x": seeded_runs([0.50, 0.51, 0.52], n=500, pred_seed=1),
+             "y": seeded_runs([0.30, 0.31, 0.32], n=500, pred_seed=2)}
+    assert uncertainty.selection_share(clear, n_boot=400) == {"x": 1.0, "y": 0.0}
+    close = {"x": seeded_runs([0.40, 0.50, 0.60], n=500, pred_seed=3),
+             "y": seeded_runs([0.45, 0.48, 0.51], n=500, pred_seed=4),
+             "z": seeded_runs([0.20, 0.21], n=500, pred_seed=5)}
+    share = uncertainty.selection_share(close, n_boot=1000)
+    assert sum(share.values()) == pytest.approx(1.0)
+    assert 0.2 < share["x"] < 0.8 and 0.2 < share["y"] < 0.8 and share["z"] == 0.0
+    # images only (one seed each) the choice looks certain: the seeds are what make it a coin toss
+    firsts = {k: v[1:2] for k, v in close.items()}
+    assert max(uncertainty.selection_share(firsts, n_boot=400).values()) == 1.0
+    table = uncertainty.choice_table(close, n_boot=1000)
+    assert list(table["candidate"]) == ["x", "y", "z"] and table.attrs["chosen"] == "x"
+    assert table.attrs["share"] == pytest.approx(share["x"]) and table.attrs["over"] == uncertainty.OVER_SEEDS
+    assert list(table["chosen"]) == [True, False, False]
+    assert uncertainty.choice_table(close, n_boot=100, chosen="y").attrs["chosen"] == "y"
+
+
+def write_val(folder: Path, frame: pd.DataFrame) -> None:
+    runio.atomic_write_csv(folder / "val_per_image.csv", frame)
+
+
+def test_tables_with_one_seed_say_training_variance_is_unmeasured(tmp_path):
+    root = tmp_path / "results" / "demo"
+    for k, (scen, level) in enumerate((("random", 0.40), ("resnet50", 0.60), ("ae_full", 0.45),
+                                       ("ae_encoder", 0.50))):
+        f = make_seed_run(root, scen, scen, 42, seeded_runs([level], n=300, pred_seed=k)[0])
+        write_val(f, seeded_runs([level], n=200, pred_seed=10 + k, truth_seed=1)[0])
+    runs = runs_mod.read_profile_runs(root)
+    df = tables.table4(runs, n_boot=200)
+    t = df.set_index("scenario")
+    assert (t.loc[["random", "resnet50"], "training_variance"] == "unmeasured (1 seed)").all()
+    assert t.loc["ae_full_frozen", "training_variance"] == ""  # no run
+    md = markdown.table4_markdown(df, runs)
+    assert "**Training variance unmeasured** for every scenario" in md and "Do not rank" in md
+    assert "bootstrap interval over test images only" in md
+    pairs = tables.pairwise_table(runs, n_boot=200)
+    assert len(pairs) == 6 and pairs["told_apart"].isna().all()
+    assert (pairs["verdict"] == "training variance unmeasured (1 seed)").all()
+    assert (pairs.set_index(["a", "b"]).loc[("resnet50", "random"), "lo_images"]) > 0  # the images alone would rank
+    pmd = markdown.pairs_markdown(pairs)
+    assert "**Training variance unmeasured**" in pmd and "| told apart |" not in pmd and "| True |" not in pmd
+    out = markdown.write_pairs(pairs, tmp_path / "fig")
+    assert pd.read_csv(out["csv"])["told_apart"].isna().all()
+    # Figure 7's choice on validation, and how sure it is (validation images only: one seed)
+    choice = tables.ae_choice(runs, n_boot=300)
+    assert list(choice["scenario"]) == ["ae_full", "ae_encoder"] and choice.attrs["chosen"] == "ae_encoder"
+    assert choice.attrs["over"] == uncertainty.OVER_IMAGES and 0.5 < choice.attrs["share"] <= 1.0
+    assert tables.ae_choice_share(runs, n_boot=300) == choice.attrs["share"]
+    assert tables.ae_choice_share(runs, chosen="ae_full", n_boot=300) == pytest.approx(1 - choice.attrs["share"])
+    note = markdown.ae_choice_note(choice)
+    assert "`ae_encoder`" in note and "validation images only (training variance unmeasured" in note
+    assert note in markdown.table4_markdown(df, runs, choice)
+    assert markdown.write_ae_choice(choice, tmp_path / "fig")["md"].read_text().count("ae_full") == 1
+    (root / "ae_full" / "val_per_image.csv").unlink()  # an older run: no share among a subset
+    partial = tables.ae_choice(runs, n_boot=100)
+    assert math.isnan(partial.attrs["share"]) and partial.attrs["missing"] == ["ae_full"]
+    assert "cannot be said" in markdown.ae_choice_note(partial)
+
+
+def test_tables_with_several_seeds_resample_them(tmp_path):
+    root = tmp_path / "results" / "demo"
+    levels = {"random": [0.40, 0.50, 0.60], "resnet50": [0.44, 0.47, 0.50], "ae_encoder": [0.70, 0.71, 0.72],
+              "ae_full": [0.30, 0.45, 0.60]}
+    for k, (scen, lv) in enumerate(levels.items()):
+        frames = seeded_runs(lv, n=500, pred_seed=k)
+        vals = seeded_runs(lv, n=300, pred_seed=20 + k, truth_seed=1)
+        for j, seed in enumerate((42, 43, 44)):
+            f = make_seed_run(root, scen if j == 0 else f"{scen}-seed{seed}", scen, seed, frames[j])
+            write_val(f, vals[j])
+    runs = runs_mod.read_profile_runs(root)
+    t = tables.table4(runs, n_boot=400).set_index("scenario")
+    assert t.loc["random", "training_variance"] == "resampled (3 seeds)"
+    pairs = tables.pairwise_table(runs, n_boot=400).set_index(["a", "b"])
+    assert pairs.loc[("resnet50", "random"), "verdict"] == "not told apart"  # seeds overlap
+    assert pairs.loc[("resnet50", "random"), "told_apart"] == False  # noqa: E712 (nullable boolean)
+    assert pairs.loc[("ae_encoder", "random"), "verdict"] == "told apart"
+    choice = tables.ae_choice(runs, n_boot=400)
+    assert choice.attrs["chosen"] == "ae_encoder" and choice.attrs["share"] == 1.0
+    assert choice.attrs["over"] == uncertainty.OVER_SEEDS
+    assert "would be chosen again in **100%**" in markdown.ae_choice_note(choice)

@@ -14,10 +14,13 @@ the study's notebook, which calls one function here and writes
 
 (08, image-level decisions, lives in :mod:`pneumolib.evaluation.image_level`.)
 
-Every score comes with a 95 % bootstrap interval over test images
-(:func:`pneumolib.evaluation.uncertainty.bootstrap_ci`), computed from the run's
-``test_per_image.csv``. *Pooled* Dice sums intersections and areas over the test split; the
-*Kaggle score* (``dice_per_image``) averages per-image Dice with empty/empty = 1.
+Every score comes with a 95 % bootstrap interval computed from the runs' ``test_per_image.csv``
+(:func:`score_row`): over **training seeds and test images** where a row has several seeds
+(the main runs ``<scenario>`` and ``<scenario>-seed<k>`` after ``--seeds N``;
+:func:`pneumolib.evaluation.uncertainty.seed_summary`), else over test images only, and then
+column ``training_variance`` says ``unmeasured (1 seed)``. *Pooled* Dice sums intersections
+and areas over the test split; the *Kaggle score* (``dice_per_image``) averages per-image Dice
+with empty/empty = 1.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pneumolib.config import Config
 from pneumolib.evaluation.image_level import METHODS
 
 from .markdown import to_markdown
+from .runs import run_seed, split_run_name
 
 #: Metrics each study reports, with their interval (see pneumolib.evaluation.uncertainty).
 STUDY_METRICS = ("dice_pooled", "dice_per_image", "dice_positive", "auc")
@@ -41,8 +45,11 @@ STUDY_METRICS = ("dice_pooled", "dice_per_image", "dice_positive", "auc")
 WHICH_DICE = ("`dice_pooled`: Dice with intersections and areas summed over the test split (the paper's "
               "kind); `dice_per_image`: the Kaggle score (per-image Dice, 1 when truth and prediction are "
               "both empty; predicting all-empty scores `empty_baseline`). `[lo, hi]`: 95 % bootstrap "
-              "interval over test images (1,000 resamples; whole source images with all their items where a "
-              "source has several test items, as under the paper protocol).")
+              "interval (1,000 resamples) over the training seeds and the test images where a row has several "
+              "seeds (`n_seeds`), else over the test images only: `training_variance` then reads `unmeasured "
+              "(1 seed)`, and the interval says nothing about a rerun with another seed or on another machine, "
+              "so rows are not ranked on it. Whole source images are resampled with all their items where a "
+              "source has several test items, as under the paper protocol.")
 
 
 def _per_image(run: Path) -> pd.DataFrame:
@@ -52,17 +59,47 @@ def _per_image(run: Path) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
-def score_row(per_image: pd.DataFrame, metrics: Sequence[str] = STUDY_METRICS, n_boot: int = 1000) -> dict[str, Any]:
-    """``{metric, metric_ci95_lo, metric_ci95_hi, ..., n_test_images, empty_baseline}`` of one
-    per-image table (columns intersection, pred_area, true_area, score)."""
-    from pneumolib.evaluation.uncertainty import bootstrap_ci
+def _seed_frames(run: Path) -> list[pd.DataFrame]:
+    """The per-image tables of ``run`` and of its finished seed siblings ``<run>-seed<k>`` (from
+    ``--seeds N``), one per training seed (a seed run twice counts once)."""
+    run = Path(run)
+    sibs = [p for p in run.parent.glob(f"{run.name}-seed*")
+            if split_run_name(p.name)[0] == run.name and (p / "test_per_image.csv").exists()]
+    frames, seen = [], set()
+    for folder in [run, *sorted(sibs, key=lambda p: split_run_name(p.name)[1])]:
+        meta = folder / "metrics.json"
+        sd = run_seed({"metrics": json.loads(meta.read_text()) if meta.exists() else {}, "name": folder.name})
+        if sd is None or sd not in seen:
+            seen.add(sd)
+            frames.append(_per_image(folder))
+    return frames
 
-    ci = bootstrap_ci(per_image, n_boot=n_boot)
+
+def score_row(per_image: pd.DataFrame | Sequence[pd.DataFrame], metrics: Sequence[str] = STUDY_METRICS,
+              n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """``{metric, metric_ci95_lo, metric_ci95_hi, ..., n_seeds, training_variance, n_test_images,
+    empty_baseline}`` of one per-image table (columns intersection, pred_area, true_area, score),
+    or of a list of them, one per training seed: then each metric is the mean over seeds and its
+    interval is over training seeds and test images (:func:`uncertainty.seed_summary`)."""
+    from pneumolib.evaluation import uncertainty
+
+    frames = [per_image] if isinstance(per_image, pd.DataFrame) else list(per_image)
+    if len(frames) == 1:
+        ci = {m: {**v, "mean": v["value"]} for m, v in uncertainty.bootstrap_ci(frames[0], n_boot=n_boot,
+                                                                              seed=seed).items()}
+    else:
+        try:
+            ci = uncertainty.seed_summary(frames, n_boot=n_boot, seed=seed)
+        except uncertainty.ImageSetMismatch:
+            ci = uncertainty.seed_summary(frames, n_boot=n_boot, seed=seed, paired=False)
     row: dict[str, Any] = {}
     for m in metrics:
-        row[m] = ci[m]["value"]
+        row[m] = ci[m]["mean"]
         row[f"{m}_ci95_lo"] = ci[m]["lo"]
         row[f"{m}_ci95_hi"] = ci[m]["hi"]
+    row["n_seeds"] = len(frames)
+    row["training_variance"] = f"resampled ({len(frames)} seeds)" if len(frames) > 1 else "unmeasured (1 seed)"
+    per_image = frames[0]
     row["n_test_images"] = int(len(per_image))
     row["n_positive"] = int((per_image["true_area"] > 0).sum())
     row["empty_baseline"] = float((per_image["true_area"] == 0).mean()) if len(per_image) else np.nan
@@ -139,7 +176,7 @@ def leakage_study(cfg: Config, scenarios: Sequence[str] = ("random", "resnet50")
             per = _per_image(run)
             base = {"scenario": sc, "protocol": protocol, "test_items": "all",
                     "leaked_test_items": leak["leaked_test_items"]}
-            rows.append({**base, **score_row(per)})
+            rows.append({**base, **score_row(_seed_frames(run) if protocol == "clean" else per)})
             if protocol == "paper" and leak["leaked_test_items"]:
                 seen = set(dm.split.loc[dm.split["split"] != "test", "src"])
                 is_leaked = per["src"].isin(seen).to_numpy()
@@ -189,7 +226,7 @@ def pretext_study(cfg: Config) -> pd.DataFrame:
             ct = json.loads((results / ae / "metrics.json").read_text()).get("copy_through", {})
             ratio = float(ct.get("ratio_zeroed_over_normal", np.nan))
         rows.append({"scenario": sc, "label": get_scenario(sc).label, "pretrained_from": ae or "none",
-                     "ae_copy_through_ratio": ratio, **score_row(_per_image(run))})
+                     "ae_copy_through_ratio": ratio, **score_row(_seed_frames(run))})
     return pd.DataFrame(rows)
 
 
@@ -222,7 +259,7 @@ def label_efficiency_study(cfg: Config, scenarios: Sequence[str] | None = None) 
         if (results / sc / "metrics.json").exists():
             runs[1.0] = results / sc
         for frac in sorted(runs):
-            rows.append({"scenario": sc, "label_frac": frac, **score_row(_per_image(runs[frac]))})
+            rows.append({"scenario": sc, "label_frac": frac, **score_row(_seed_frames(runs[frac]))})
     return pd.DataFrame(rows)
 
 

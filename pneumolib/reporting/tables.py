@@ -3,10 +3,13 @@
 Table 4 is computed at table time from each run's ``test_per_image.csv`` (per-image counts
 and scores of the best checkpoint by validation loss, on the test split) with
 :mod:`pneumolib.evaluation.uncertainty`: for each metric the **mean over the scenario's training seeds**,
-a **95 % percentile bootstrap interval over test images** (resampled jointly for every seed),
+a **95 % percentile bootstrap interval over training seeds and test images** (each replicate
+draws the seeds with replacement and the test images once for every seed; with one seed, over
+test images only, and column ``training_variance`` says the training variance is unmeasured),
 and the **sd over seeds**. A run folder without ``test_per_image.csv`` falls back to its
-``metrics.json`` numbers, without an interval. Two Dice numbers appear and they cannot be
-compared (``shared/docs/DATA.md`` section 4):
+``metrics.json`` numbers, without an interval. :func:`pairwise_table` says which pairs are
+told apart (only with several seeds each); :func:`ae_choice` how sure Figure 7's choice is.
+Two Dice numbers appear and they cannot be compared (``shared/docs/DATA.md`` section 4):
 
 - ``dice_pooled`` / ``iou_pooled``: intersections and areas summed over the whole test set,
   then divided. This is what the paper's Table 4 most likely reports.
@@ -45,7 +48,7 @@ TABLE4_ORDER = ("resnet50", "ae_encoder", "ae_encoder_mask_decoder", "random", "
 CI_METRICS = ("dice_pooled", "iou_pooled", "dice_per_image", "dice_positive", "auc", "sensitivity", "specificity")
 
 
-#: ``n_boot`` and ``level`` of Table 4's intervals (bootstrap over test images).
+#: ``n_boot`` and ``level`` of Table 4's intervals (bootstrap over training seeds and test images).
 DEFAULT_N_BOOT = 1000
 DEFAULT_LEVEL = 0.95
 
@@ -70,14 +73,15 @@ def table4_columns(level: float = DEFAULT_LEVEL) -> list[str]:
         "test_dice_peak", "test_iou_peak", "test_peak_epochs",
         *m["dice_per_image"], "empty_baseline_dice_per_image", *m["dice_positive"],
         *m["auc"], *m["sensitivity"], *m["specificity"],
-        "n_seeds", "seeds", "n_test_images", "n_test_positive", "n_test_sources", "bootstrap_unit", "best_epoch", "best_epochs", "epochs_run",
-        "data_kind", "note",
+        "n_seeds", "seeds", "n_test_images", "n_test_positive", "n_test_sources", "bootstrap_unit",
+        "training_variance", "best_epoch", "best_epochs", "epochs_run", "data_kind", "note",
     ]
 
 
 #: Table 4's columns, in order (95 % intervals). ``paper_*`` are the paper's numbers,
 #: everything else is ours; ``<metric>`` is the mean over seeds, ``<metric>_ci95_lo/hi`` its
-#: bootstrap interval over test images, ``<metric>_seed_sd`` the sd over seeds.
+#: bootstrap interval over training seeds and test images (test images only for one seed),
+#: ``<metric>_seed_sd`` the sd over seeds.
 TABLE4_COLUMNS = table4_columns()
 
 #: What each Table 4 column means; written under the Markdown table.
@@ -97,13 +101,17 @@ COLUMN_NOTES = {
     "auc": "ours: image-level AUC of the maximum pixel probability vs. 'mask non-empty'",
     "sensitivity": "ours: image-level sensitivity (predicted mask non-empty on positive images)",
     "specificity": "ours: image-level specificity (predicted mask empty on negative images)",
-    "n_seeds": "training seeds (run folders) averaged; the interval and sd are over these",
+    "n_seeds": "training seeds (run folders) averaged; the interval resamples these and the test images, the sd "
+               "is over these",
     "seeds": "their seeds (from each run's config; '?' when unknown)",
     "n_test_images": "test items each seed was evaluated on",
     "n_test_sources": "distinct source images among them (fewer than the items under the paper protocol, "
                       "whose test split holds flipped / rotated twins)",
     "bootstrap_unit": "what the bootstrap resamples: test images, or source images with all their items "
                       "(a cluster bootstrap, when a source has several test items)",
+    "training_variance": "whether the interval covers training variance: 'resampled (N seeds)', or 'unmeasured "
+                         "(1 seed)': then it covers test images only and says nothing about a rerun with another "
+                         "seed or on another machine",
     "best_epoch": "the epoch (0-based) of the checkpoint with the lowest validation loss, the one "
                   "evaluated (blank when the seeds differ: see best_epochs)",
     "best_epochs": "the best epoch of each seed (the seeds themselves: column `seeds` of table4.csv)",
@@ -203,6 +211,8 @@ def _scenario_row(name: str, seeds_runs: list[dict[str, Any]], n_boot: int, leve
         row["n_test_positive"] = _same_or_na([t.get("n_positive") for t in tests])
         notes.append(f"{without[0][1]}: metrics.json values, no interval")
     row["n_seeds"] = len(used)
+    row["training_variance"] = ("unmeasured (1 seed)" if len(used) == 1 else f"resampled ({len(used)} seeds)"
+                                if with_csv else "sd only (no interval)")
     row["seeds"] = _join([run_seed(r) for r in used])
     peaks = [((r.get("metrics") or {}).get("test_peak") or {}) for r in used]
     if all(peaks):
@@ -235,7 +245,7 @@ def table4(runs: Mapping[str, Any], order: tuple[str, ...] = TABLE4_ORDER, n_boo
         runs: ``{name: run}`` as returned by :func:`read_profile_runs` (``<scenario>`` and
             ``<scenario>-seed<k>`` folders are gathered per scenario), or ``{scenario: [run, ...]}``.
         order: scenario names, one row each (default: the paper's order).
-        n_boot, level, boot_seed: the bootstrap over test images
+        n_boot, level, boot_seed: the bootstrap over training seeds and test images
             (:func:`pneumolib.evaluation.uncertainty.seed_summary`), computed here from each run's
             ``test_per_image.csv``.
 
@@ -257,11 +267,11 @@ def table4(runs: Mapping[str, Any], order: tuple[str, ...] = TABLE4_ORDER, n_boo
     for c in ("best_epoch", "epochs_run", "n_test_images", "n_test_positive", "n_test_sources", "n_seeds"):
         df[c] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
                           for v in df[c]], dtype="Int64")
-    for c in ("note", "seeds", "best_epochs", "test_peak_epochs", "bootstrap_unit"):
+    for c in ("note", "seeds", "best_epochs", "test_peak_epochs", "bootstrap_unit", "training_variance"):
         df[c] = df[c].fillna("").astype(str)
     df.attrs["bootstrap"] = {"n_boot": int(n_boot), "level": float(level), "seed": int(boot_seed),
-                             "over": "test images (source images with all their items where a source has "
-                                     "several), resampled jointly for every seed"}
+                             "over": "training seeds (where several) and test images (source images with all "
+                                     "their items where a source has several), drawn once for every seed"}
     return df
 
 
@@ -275,8 +285,8 @@ def ci_table(table_or_runs: pd.DataFrame | Mapping[str, Any], **table4_kwargs: A
     Returns:
         Columns ``scenario, label, metric, mean, lo, hi, sd, n_seeds, level, paper`` (``paper``:
         the paper's number for ``dice_pooled`` / ``iou_pooled``, else NaN). ``mean`` is the
-        mean over seeds, ``lo`` / ``hi`` the bootstrap interval over test images, ``sd`` the
-        sd over seeds.
+        mean over seeds, ``lo`` / ``hi`` the bootstrap interval (training seeds and test images),
+        ``sd`` the sd over seeds.
     """
     df = table_or_runs if isinstance(table_or_runs, pd.DataFrame) else table4(table_or_runs, **table4_kwargs)
     level = table_level(df)
@@ -348,29 +358,41 @@ def copy_through_table(runs: Mapping[str, Mapping[str, Any]], names: tuple[str, 
 
 def pairwise_table(runs: Mapping[str, Any], order: tuple[str, ...] = TABLE4_ORDER, metric: str = "dice_pooled",
                    n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, boot_seed: int = 0) -> pd.DataFrame:
-    """Which scenarios the test split can tell apart: every pair's difference in ``metric``
-    (mean over seeds) with a paired bootstrap interval
-    (:func:`pneumolib.evaluation.uncertainty.difference_ci`).
-
-    Returns:
-        One row per pair ``a, b`` (``a`` before ``b`` in ``order``): ``diff`` (a - b), its
-        interval ``lo`` / ``hi``, ``told_apart`` (the interval excludes 0), ``n_seeds_a`` /
-        ``n_seeds_b``. Pairs without per-image files on the same test images are left out.
-    """
+    """Which scenarios can be told apart: one row per pair ``a, b`` (``a`` first in ``order``),
+    :func:`pneumolib.evaluation.uncertainty.pairs`: ``diff`` (a - b, seed-means), ``lo`` / ``hi``
+    over training seeds and test images, ``verdict`` "told apart" only when both have several
+    seeds and the interval excludes 0, "training variance unmeasured (1 seed)" when either has
+    one seed (``told_apart`` NA: nothing ranked). Pairs lacking per-image files are left out."""
     groups = seed_runs(runs)
     frames: dict[str, list[pd.DataFrame]] = {}
     for name in order:
         loaded = [read_test_per_image(r)[0] for r in groups.get(name, [])]
         if loaded and all(f is not None for f in loaded):
             frames[name] = loaded
-    rows = []
-    names = [n for n in order if n in frames]
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            try:
-                d = uncertainty.difference_ci(frames[a], frames[b], metric, n_boot=n_boot, level=level, seed=boot_seed)
-            except uncertainty.ImageSetMismatch:
-                continue
-            rows.append({"a": a, "b": b, "metric": metric, "diff": d["diff"], "lo": d["lo"], "hi": d["hi"],
-                         "told_apart": bool(d["lo"] > 0 or d["hi"] < 0), "n_seeds_a": d["n_a"], "n_seeds_b": d["n_b"]})
-    return pd.DataFrame(rows, columns=["a", "b", "metric", "diff", "lo", "hi", "told_apart", "n_seeds_a", "n_seeds_b"])
+    return uncertainty.pairs(frames, metric, n_boot=n_boot, level=level, seed=boot_seed)
+
+
+def ae_choice(runs: Mapping[str, Any], metric: str = "dice_pooled", n_boot: int = DEFAULT_N_BOOT,
+              boot_seed: int = 0, chosen: str | None = None) -> pd.DataFrame:
+    """Figure 7's best autoencoder scenario, chosen on **validation**, and how sure that choice is.
+
+    One row per finished scenario of :data:`AE_SCENARIOS`: validation ``metric`` (mean over seeds,
+    ``val_per_image.csv``) and ``share`` of replicates (seeds and validation images) choosing it
+    (:func:`pneumolib.evaluation.uncertainty.choice_table`). ``chosen``: default the best seed-mean;
+    pass :func:`pneumolib.reporting.figures.best_ae_scenario` to rate the figure's pick.
+    ``attrs["share"]``: the chosen one's (NaN when a scenario lacks the file: ``attrs["missing"]``;
+    the choice then uses ``metrics.json``'s validation scores, as the figure does).
+    """
+    groups = seed_runs(runs)
+    names = [n for n in AE_SCENARIOS if groups.get(n)]
+    df = uncertainty.choice_table(
+        {n: uncertainty.folder_frames([r.get("folder") for r in groups[n]], "val") for n in names}, metric,
+        n_boot=n_boot, seed=boot_seed, chosen=chosen,
+        fallback={n: [as_float(((r.get("metrics") or {}).get("val") or {}).get(metric)) for r in groups[n]]
+                  for n in names})
+    return df.rename(columns={"candidate": "scenario", "value": f"val_{metric}"})
+
+
+def ae_choice_share(runs: Mapping[str, Any], chosen: str | None = None, **kwargs: Any) -> float:
+    """How sure Figure 7's choice is: :func:`ae_choice`'s ``attrs["share"]``."""
+    return float(ae_choice(runs, chosen=chosen, **kwargs).attrs["share"])
