@@ -9,6 +9,7 @@ Inputs (a dataset folder, a weights file) are never written to.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -49,3 +50,48 @@ def notebooks_dir() -> Path:
     so ``$PNEUMO_HOME`` does not move them), else ``<home>/notebooks``."""
     checkout = PACKAGE_DIR.parent / "notebooks"
     return checkout if checkout.is_dir() else home() / "notebooks"
+
+
+# -- who watches: headless or interactive (pneumolib.training.progress) --------------------------
+#: The environment variable that decides headless (1) or interactive (0); unset: guessed.
+HEADLESS_ENV = "PNEUMO_HEADLESS"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _in_ipython_kernel() -> bool:
+    """True inside a Jupyter / papermill kernel (an IPython shell with a kernel)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # noqa: BLE001 - an odd IPython: take it for no kernel
+        return False
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return bool(sys.stdout is not None and sys.stdout.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
+def is_headless() -> bool:
+    """Whether nobody watches this run live (see the module's docstring for the rule).
+
+    Raises:
+        ConfigError: ``PNEUMO_HEADLESS`` holds something other than 1/0 (true/false, ...).
+    """
+    value = os.environ.get(HEADLESS_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    if value:
+        from pneumolib.errors import ConfigError
+
+        raise ConfigError(f"{HEADLESS_ENV}={os.environ[HEADLESS_ENV]!r} is neither 1 (headless) nor 0 (interactive); "
+                          "unset it to let pneumolib decide")
+    return not (_in_ipython_kernel() or _stdout_is_tty())

@@ -135,13 +135,13 @@ class PneumoDataModule(pl.LightningDataModule):
         source = self._open_source()
         base = self.cache_root if self.cache_root is not None else paths.cache_dir()
         cache = build_cache(source, cfg.image_size, root=base / "arrays",
-                            workers=cfg.num_workers, progress=cfg.progress)
+                            workers=cfg.num_workers, progress=cfg.progress and not paths.is_headless())
         split_dir = cache.folder / "splits"
         with file_lock(split_dir / ".prepare.lock"):
             split, split_path = load_or_make_split(cache.fingerprint, cache.has_pneumo,
                                                    cache.image_ids, cfg, split_dir)
             items_folder = split_dir / split_path.stem
-            images, _ = materialize(cache, split, items_folder, progress=cfg.progress)
+            images, _ = materialize(cache, split, items_folder, progress=cfg.progress and not paths.is_headless())
             mean, std = self._train_stats(split, split_path, images, cache)
         self._state = {
             "cache": cache, "split": split, "split_path": split_path, "items": items_folder,

@@ -20,8 +20,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .plots import SCENARIO_COLORS, _style, save_figure, scenario_label
+from .plots import SCENARIO_COLORS, _style, palette_png, save_figure, scenario_label
 from .tables import AE_SCENARIOS
+
+#: The resolution the figures here show at in a notebook (their PNGs inline, kept in the
+#: executed copies); :func:`save_figures` writes the files at its own ``dpi``.
+INLINE_DPI = 90
 
 #: The four panels of Figures 5-7: (epochs.csv column, panel title, y label).
 PANELS = (
@@ -69,7 +73,8 @@ def figure_group(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str], ti
     _style()
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False,
+                             dpi=INLINE_DPI)
     axes_flat = axes.ravel()
     for ax in axes_flat[len(panels):]:
         ax.remove()
@@ -107,7 +112,7 @@ def figure_group(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str], ti
                    bbox_to_anchor=(0.5, 0.0))
     fig.suptitle((title + "\n" if title else "") + "star = best epoch by validation loss", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return fig
+    return palette_png(fig)
 
 
 #: What Figure 7's "best autoencoder scenario" is chosen by: the validation split, never test.
@@ -191,7 +196,8 @@ def plot_extra_metrics(runs: Mapping[str, Mapping[str, Any]], names: Sequence[st
     names = list(names) if names is not None else [n for n in TABLE4_ORDER if n in runs] or \
         [n for n, r in runs.items() if r["metrics"].get("task", "seg") == "seg"]
     _style()
-    fig, axes = plt.subplots(1, len(EXTRA_PANELS), figsize=(5.0 * len(EXTRA_PANELS), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(EXTRA_PANELS), figsize=(5.0 * len(EXTRA_PANELS), 3.8), squeeze=False,
+                             dpi=INLINE_DPI)
     axes = axes.ravel()
     baselines = set()
     for name in names:
@@ -221,7 +227,7 @@ def plot_extra_metrics(runs: Mapping[str, Mapping[str, Any]], names: Sequence[st
                    bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("Additional test metrics per epoch (not in the paper)", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    return fig
+    return palette_png(fig)
 
 
 def plot_loss_curves(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str] = ("ae_xray", "ae_mask")) -> Figure:
@@ -230,7 +236,8 @@ def plot_loss_curves(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str]
     Used for the autoencoders (MSE).
     """
     _style()
-    fig, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 3.5), squeeze=False,
+                             dpi=INLINE_DPI)
     for ax, name in zip(axes.ravel(), names):
         run = runs.get(name)
         ax.set_title(name if run else f"{name} (missing: no finished run)")
@@ -245,4 +252,4 @@ def plot_loss_curves(runs: Mapping[str, Mapping[str, Any]], names: Sequence[str]
                 ax.plot(_x(ep), ep[col].to_numpy(dtype=float), marker="o", markersize=3, label=col)
         ax.legend(frameon=False)
     fig.tight_layout()
-    return fig
+    return palette_png(fig)

@@ -313,4 +313,4 @@ def ensure_phantom(cfg) -> Path:
         if root.exists():       # ours (inside the cache) but incomplete or stale: rebuild
             shutil.rmtree(root)
         return write_phantom(root, n, size, seed=seed, difficulty=d, prevalence=knobs.PREVALENCE,
-                             progress=getattr(cfg, "progress", True))
+                             progress=getattr(cfg, "progress", True) and not paths.is_headless())
