@@ -35,7 +35,7 @@
 from pneumolib import paths, runio
 from pneumolib.config import notebook_config
 from pneumolib.reporting import eda, figures, plots, tables
-from pneumolib.training import launch
+from pneumolib.training import runs
 from pneumolib.training.runs import AE_KINDS
 
 # %% tags=["parameters"]
@@ -64,16 +64,24 @@ cfg
 #   X-ray;
 # - `xray_noskip`: the X-ray autoencoder with every skip connection zeroed.
 #
-# On one device this cell trains right here, with Lightning's progress bar. Some settings
-# ask for several processes, e.g. `devices=2` with `strategy="ddp"`, as the `paper` profile
-# does on a dual-GPU box. Lightning cannot start those from inside a notebook. The cell then
-# runs the same training as `pneumo pretrain` in a child process (started through
-# `launcher`, e.g. `srun` or torchrun, when one is set), shows its log here as it comes, and
-# reads the results back from the run folder (`pneumolib.training.launch`).
+# On one device this cell trains right here, with a live progress bar (a line per epoch
+# when papermill runs it). Some settings ask for several processes, e.g. `devices=2` with
+# `strategy="ddp"`, as the `paper` profile does on a dual-GPU box; Lightning cannot start
+# those from inside a notebook. The cell then runs the same training as `pneumo pretrain` in
+# child processes started and watched by torchrun (or by `launcher`, e.g. `srun`), shows
+# their log here as it comes, and reads the results back from the run folder
+# (`pneumolib.training.launch`). If one of them dies, the others are stopped and the cell
+# fails naming the rank; interrupting the cell ends them all.
+#
+# **Interrupted?** Run the cell again: a training interrupted in any way (Ctrl-C, a kernel
+# restart, a power cut) continues from its last finished epoch, and its numbers end up the
+# same as an uninterrupted run's; the cell says from which epoch it resumed. A run that
+# already finished with the same settings, data and code is read back instead of trained
+# again; one from other settings starts afresh, and the cell says why.
 
 # %%
 kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
-summaries = {k: launch.pretrain(cfg, k) for k in kind_list}
+summaries = {k: runs.pretrain(cfg, k) for k in kind_list}
 {k: s["test"] for k, s in summaries.items()}
 
 # %% [markdown]

@@ -54,7 +54,7 @@ from pneumolib import paths, runio
 from pneumolib.config import notebook_config
 from pneumolib.models import scenarios
 from pneumolib.reporting import figures, tables
-from pneumolib.training import launch
+from pneumolib.training import runs
 
 # %% tags=["parameters"]
 profile = "demo"  # smoke | demo | paper (pneumolib/config.py)
@@ -85,15 +85,23 @@ sc
 # `results/<profile>/ae_xray/` and `ae_mask/`. `ae_full_frozen` keeps the encoder and the
 # bottleneck fixed, with their BatchNorm statistics frozen too.
 #
-# On one device this cell trains right here, with Lightning's progress bar. Some settings
-# ask for several processes, e.g. `devices=2` with `strategy="ddp"`, as the `paper` profile
-# does on a dual-GPU box. Lightning cannot start those from inside a notebook. The cell then
-# runs the same training as `pneumo train` in a child process (started through `launcher`,
-# e.g. `srun` or torchrun, when one is set), shows its log here as it comes, and reads the
-# results back from the run folder (`pneumolib.training.launch`).
+# On one device this cell trains right here, with a live progress bar (a line per epoch
+# when papermill runs it). Some settings ask for several processes, e.g. `devices=2` with
+# `strategy="ddp"`, as the `paper` profile does on a dual-GPU box; Lightning cannot start
+# those from inside a notebook. The cell then runs the same training as `pneumo train` in
+# child processes started and watched by torchrun (or by `launcher`, e.g. `srun`), shows
+# their log here as it comes, and reads the results back from the run folder
+# (`pneumolib.training.launch`). If one of them dies, the others are stopped and the cell
+# fails naming the rank; interrupting the cell ends them all.
+#
+# **Interrupted?** Run the cell again: a training interrupted in any way (Ctrl-C, a kernel
+# restart, a power cut) continues from its last finished epoch, and its numbers end up the
+# same as an uninterrupted run's; the cell says from which epoch it resumed. A run that
+# already finished with the same settings, data and code is read back instead of trained
+# again; one from other settings starts afresh, and the cell says why.
 
 # %%
-summary = launch.train_scenario(cfg, scenario, out=run_dir)
+summary = runs.train_scenario(cfg, scenario, out=run_dir)
 
 # %% [markdown]
 # ## Per epoch: the four panels of Figures 5-7 (read back from `epochs.csv`)

@@ -57,7 +57,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", help="Lightning devices, e.g. 1, 2 or auto")
     p.add_argument("--strategy", help="Lightning strategy, e.g. auto, ddp")
     p.add_argument("--precision", help="auto, 32-true, 16-mixed, bf16-mixed")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's last checkpoint (the default whenever the run folder holds one "
+                        "of the same settings, data and code; kept for old scripts)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start afresh: remove what the run folder holds from an earlier run first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"any other setting; names: {', '.join(field_names())}")
 
@@ -135,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     rep.add_argument("--data")
     rep.add_argument("--force", action="store_true", help="rerun notebooks that already completed")
+    rep.add_argument("--rerun-changed", action="store_true",
+                     help="train again the runs that other code on the results path made (see --keep-results)")
+    rep.add_argument("--keep-results", action="store_true",
+                     help="keep runs made by other code on the results path as they are (recorded in "
+                          "kept_results.json and the report); interrupted ones resume under this code")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     rep.add_argument("--seeds", type=int, default=1, metavar="N",
                      help="train every scenario with N seeds (the profile's seed, +1, ...); "
@@ -276,14 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--label-fractions {args.label_fractions!r}: give numbers like 0.01,0.1") from None
             scs = [x.strip() for x in args.label_scenarios.split(",") if x.strip()] or None
             return reproduce(profile=args.profile, data=args.data, force=args.force, sets=args.set,
-                             seeds=args.seeds, studies=args.studies, label_fractions=fracs, label_scenarios=scs)
+                             seeds=args.seeds, studies=args.studies, label_fractions=fracs, label_scenarios=scs,
+                             rerun_changed=args.rerun_changed, keep_results=args.keep_results)
         cfg = config_from_args(args)
         from pneumolib.training import runs as train
 
+        resume = False if args.fresh else None
         if args.command == "pretrain":
-            res = train.pretrain(cfg, args.kind, out=args.out, resume=args.resume)
+            res = train.pretrain(cfg, args.kind, out=args.out, resume=resume)
         elif args.command == "train":
-            res = train.train_scenario(cfg, args.scenario, out=args.out, ae_dir=args.ae_dir, resume=args.resume)
+            res = train.train_scenario(cfg, args.scenario, out=args.out, ae_dir=args.ae_dir, resume=resume)
         elif args.command == "evaluate":
             return _cmd_evaluate(args)
         else:  # pragma: no cover - argparse rejects unknown commands
@@ -292,15 +303,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             test = res.get("test", {})
             keys = [k for k in ("dice_pooled", "iou_pooled", "dice_per_image", "dice_positive", "auc", "mse")
                     if k in test]
-            print(f"{res.get('name')}: best epoch {res.get('best_epoch')}, test " +
+            best = res.get("best_epoch")
+            print(f"{res.get('name')}: best epoch {best + 1 if isinstance(best, int) else best} (from 1), test " +
                   ", ".join(f"{k}={test[k]:.4f}" for k in keys) + f"  ({Path(args.out or '') or ''})")
         return 0
     except PneumoError as e:
         print(f"pneumo: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pneumo: interrupted; finished files are kept. Continue a training run with --resume.",
-              file=sys.stderr)
+    except KeyboardInterrupt as e:
+        why = f" ({e})" if str(e) else ""
+        print(f"pneumo: interrupted{why}. Finished files are kept; the same command again resumes a "
+              "training run from its last checkpoint.", file=sys.stderr)
         return 130
 
 

@@ -54,13 +54,24 @@ class Config:
             and early stopping (patience 5, min delta 0.001 on validation loss).
         precision: ``auto`` (``16-mixed`` on CUDA, ``32`` on CPU) or any Lightning precision.
         accelerator / devices / strategy / num_nodes: passed to Lightning's Trainer.
-        launcher: how a notebook's training cell starts a training that needs several
-            processes (:mod:`pneumolib.training.launch`): "" runs ``python -m pneumolib.cli
-            ...`` and lets Lightning start the ranks (one machine); otherwise a command
-            prefix that starts them instead, e.g. ``srun`` inside a SLURM allocation (Lightning's
-            SLURM environment then joins the tasks, over ``num_nodes`` nodes) or
-            ``{python} -m torch.distributed.run --nproc-per-node 2 --no-python`` (torchrun;
-            ``{python}`` is this interpreter).
+        launcher: how a training that needs several processes starts them, from the CLI and a
+            notebook alike (:mod:`pneumolib.training.launch`): ``""`` (default) or ``torchrun``:
+            PyTorch's elastic launcher supervises the ranks (one that dies ends the job, which
+            fails naming it); ``lightning``: Lightning's own launcher (no supervision beyond
+            Lightning's); anything else is a command prefix that starts the ranks instead, e.g. ``srun`` inside a SLURM
+            allocation (``--kill-on-bad-exit=1`` is added; Lightning's SLURM environment joins
+            the tasks over ``num_nodes`` nodes) or a torchrun command of your own
+            (``{python}`` is this interpreter). Not a result-affecting setting.
+        max_restarts: torchrun's ``--max-restarts``: how often the elastic agent restarts all
+            ranks after one failed (each restart resumes from ``checkpoints/last.ckpt``);
+            0 (default) ends the job at the first failure.
+        ddp_timeout_s: the process-group timeout of DDP (seconds): a rank that waits longer
+            than this in a collective for a peer that stopped responding fails, and the launcher
+            ends the job. The first build of the cache happens before the process group
+            starts, so it never counts against this; the longest wait inside training is one
+            rank writing a checkpoint while the others wait.
+        sync_batchnorm: Lightning's ``sync_batchnorm``: BatchNorm statistics over all processes
+            (``resnet50`` and ``unet_norm=batch``; the paper's plain U-Net has no BatchNorm).
         encoder_weights: ``imagenet`` (smp's own download), ``none``, or a local file
             (torchvision ``resnet50-*.pth`` state dict or ``.safetensors``).
         resnet_encoder: the smp encoder of the ``resnet50`` scenario (``resnet50`` as in the
@@ -77,8 +88,7 @@ class Config:
             as the paper (which does not mention it) presumably did; the ``paper`` profile
             uses 0. With a zero bias every pixel starts at p = 0.5, the BCE term first has to
             push ~99 % background pixels down, and a small U-Net can spend many epochs
-            predicting all-empty (measured on the demo: random init stayed at pooled Dice 0
-            for 8 epochs with a zero bias, reached 0.37 with the prior).
+            predicting all-empty (see docs/METHODS.md, "Deviations").
         threshold: probability above which a pixel counts as pneumothorax.
         channels_last / cudnn_benchmark / compile: GPU speed switches, all off by default:
             the channels-last memory format, ``torch.backends.cudnn.benchmark`` (through
@@ -89,8 +99,7 @@ class Config:
             fastest on small CPU machines, where batches come straight from the memmap cache).
         torch_threads: intra-op CPU threads for torch (0 = torch's default, one per core).
             On a machine whose cores are busy with other work, torch's OpenMP threads can
-            slow down tenfold (measured here: a base-8 U-Net at 64 px trained at 13 img/s
-            with 2 threads against 102 img/s with 1); ``smoke`` uses 1 so CI never hits it.
+            slow down severalfold (docs/BENCHMARKS.md); ``smoke`` uses 1 so CI never hits it.
     """
 
     name: str = "custom"
@@ -132,6 +141,9 @@ class Config:
     strategy: str = "auto"
     num_nodes: int = 1
     launcher: str = ""
+    max_restarts: int = 0
+    ddp_timeout_s: float = 900.0
+    sync_batchnorm: bool = False
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
@@ -164,6 +176,10 @@ class Config:
             raise ConfigError(f"head_prior={self.head_prior} must lie in [0, 1) (0 = off)")
         if not 0.0 < self.label_frac <= 1.0:
             raise ConfigError(f"label_frac={self.label_frac} must lie in (0, 1]")
+        if self.max_restarts < 0 or self.ddp_timeout_s <= 0:
+            raise ConfigError(f"max_restarts={self.max_restarts} must be >= 0 and ddp_timeout_s="
+                              f"{self.ddp_timeout_s} > 0")
+        parse_devices(self.devices)  # fails with the accepted forms
         for name in ("batch_size", "max_epochs", "base_width", "phantom_n", "phantom_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -182,6 +198,29 @@ class Config:
     @property
     def uses_phantom(self) -> bool:
         return self.data is None or self.data_kind == "phantom"
+
+
+def parse_devices(devices: str | int) -> int | list[int] | str:
+    """``Config.devices`` as Lightning's Trainer takes it: ``3`` -> 3, ``0,1`` or ``[0, 1]``
+    -> ``[0, 1]`` (those device indices), ``-1`` -> -1 (all), ``auto`` -> ``"auto"``.
+
+    Raises:
+        ConfigError: anything else (the message gives the accepted forms).
+    """
+    d = str(devices).strip().strip("[]() ").replace(" ", "")
+    if d in ("auto", ""):
+        return "auto"
+    try:
+        if "," in d:
+            return [int(x) for x in d.split(",") if x]
+        n = int(d)
+    except ValueError:
+        raise ConfigError(f"devices={devices!r} is not a number, a list like 0,1, -1 or auto") from None
+    if n < -1 or n == 0:
+        raise ConfigError(f"devices={devices!r}: give a count >= 1, a list like 0,1, -1 (all) or auto")
+    if str(devices).strip().startswith(("[", "(")):
+        return [n]  # "[1]": the device with index 1, as Lightning reads a list
+    return n
 
 
 def field_names() -> list[str]:
@@ -238,32 +277,36 @@ def coerce_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 PROFILES: dict[str, Config] = {
-    # CI: a tiny phantom, seconds per run.
+    # CI: a tiny phantom, seconds per run. smoke and demo train with one process in fp32 on
+    # any machine (a dual-GPU box included), so they mean the same run everywhere.
     "smoke": Config(
         name="smoke", phantom_n=64, phantom_size=128, image_size=32, base_width=4,
         batch_size=8, max_epochs=2, ae_max_epochs=2, patience=5, num_workers=0, torch_threads=1,
         online_aug=True, resnet_encoder="resnet18", resnet_fallback_random=True, progress=False,
+        devices="1", precision="32-true",
     ),
-    # The whole paper pipeline on two CPU cores in under ten minutes: a phantom at 64 px,
-    # a base-8 U-Net, a 10x learning rate, 8 epochs (enough with the head prior: see
-    # head_prior), and a ResNet-18 encoder with a halved decoder standing in for ResNet-50
-    # (a ResNet-50 epoch alone would take ~40 s). 60 % of the 1,600 phantom images are held
-    # out for test: ~960 test images (~210 positive) give 95 % intervals of pooled Dice of
-    # +-0.05 to +-0.07 for one seed (+-0.054 to +-0.064 for the mean of three; docs/RESULTS.md).
-    # Halving that would take four times the test images; even ~1,500 (+-0.05) would add about
-    # a minute of per-epoch test passes (Figures 5-7 need them) and push the demo past 10 min;
-    # the rest gives ~540 training images and a validation split of ~100 for early
-    # stopping, the best checkpoint and every choice made on validation.
+    # The whole paper pipeline on two CPU cores in about ten minutes: a phantom at 64 px, a
+    # base-8 U-Net, a 10x learning rate, 8 epochs (enough with head_prior), a ResNet-18 encoder
+    # with a halved decoder standing in for ResNet-50. 60 % of the images are held out for test
+    # to narrow Table 4's intervals (docs/RESULTS.md); more would lengthen the per-epoch test
+    # passes of Figures 5-7. The rest: training, and validation for every choice.
     "demo": Config(
         name="demo", phantom_n=1600, phantom_size=256, image_size=64, base_width=8, test_frac=0.6,
         val_frac=0.15, batch_size=16, lr=1e-3, max_epochs=8, ae_max_epochs=3, patience=5, num_workers=0,
         online_aug=True, resnet_encoder="resnet18", resnet_decoder_channels="128,64,32,16,8",
-        resnet_fallback_random=True,
+        resnet_fallback_random=True, devices="1", precision="32-true",
     ),
-    # The paper's settings exactly (its section 3 and Table 3). Real data required.
+    # The paper's settings as written (its section 3 and Table 3), with two readings of ours.
+    # Batch: Lightning's batch_size is per process, so "batch 32 on two GPUs" is read as 32
+    # per GPU, 64 per optimiser step (what a Lightning user of the paper's setup gets);
+    # `--set batch_size=16` gives 32 in all. Either way metrics.json records both
+    # (batch_size.per_process / .effective). Processes: training on 2 differs from training
+    # on 1 by more than the batch (BatchNorm statistics, for the resnet50 scenario, are per
+    # process unless sync_batchnorm; the Dice term is per process batch); evaluation is exact
+    # for any number. Real data required.
     "paper": Config(
         name="paper", image_size=512, base_width=64, batch_size=32, lr=1e-4, max_epochs=50,
-        ae_max_epochs=50, patience=5, min_delta=0.001, precision="16-mixed", devices="2",
+        ae_max_epochs=50, patience=5, min_delta=0.001, precision="16-mixed", devices="2",  # 32 per GPU
         strategy="ddp", protocol="paper", online_aug=False, allow_phantom=False, unet_norm="none",
         head_prior=0.0,
         num_workers=8,
@@ -335,6 +378,11 @@ def notebook_config(profile: str = "demo", data: str | None = None, overrides_js
     merged = {k: v for k, v in params.items() if v is not None}
     if data is not None:
         merged["data"] = str(data)
+    clash = sorted(k for k in set(merged) & set(overrides) if str(merged[k]) != str(overrides[k]))
+    if clash:  # e.g. seed=43 from a --seeds run and seed=100 inside overrides_json: never silently one of them
+        raise ConfigError(f"{', '.join(clash)} given twice with different values: as a parameter "
+                          f"({', '.join(f'{k}={merged[k]!r}' for k in clash)}) and in overrides_json "
+                          f"({', '.join(f'{k}={overrides[k]!r}' for k in clash)}); give it once")
     merged.update(overrides)
     return get_config(profile, **merged)
 

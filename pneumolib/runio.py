@@ -96,6 +96,52 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
     return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
 
 
+#: The parts of pneumolib that decide a run's numbers (issue 18's "results path"): a change
+#: here can change a trained model; a change elsewhere (reporting, commands, the launcher's
+#: messages) cannot.
+RESULTS_PATH = ("data", "prep", "models", "training", "evaluation", "metrics.py", "config.py", "seeding.py")
+
+
+def _code_hash(files: list[Path]) -> str:
+    """sha256 over the files' code with comments, docstrings and formatting ignored (their
+    AST, docstrings dropped), so that a reworded docstring never makes results stale."""
+    import ast
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(files):
+        src = f.read_text(encoding="utf-8")
+        try:
+            tree = ast.parse(src)
+            for node in ast.walk(tree):
+                body = getattr(node, "body", None)
+                if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                        and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                        and isinstance(body[0].value.value, str)):
+                    node.body = body[1:] or [ast.Pass()]
+            text = ast.dump(tree, include_attributes=False)
+        except SyntaxError:
+            text = src
+        h.update(f.relative_to(paths.PACKAGE_DIR).as_posix().encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
+
+
+_CODE: dict[str, Any] = {}
+
+
+def code_identity() -> dict[str, Any]:
+    """The code that makes results: ``results`` (hash of :data:`RESULTS_PATH`), ``package``
+    (hash of every module), ``version``, and the git ``commit`` / ``dirty`` when the package
+    runs from a checkout. Hashes ignore comments and docstrings. Cached per process."""
+    if not _CODE:
+        pkg = paths.PACKAGE_DIR
+        every = [p for p in pkg.rglob("*.py") if "__pycache__" not in p.parts]
+        results = [p for p in every if p.relative_to(pkg).parts[0] in RESULTS_PATH]
+        _CODE.update({"results": _code_hash(results)[:16], "package": _code_hash(every)[:16],
+                      "version": __version__, **git_commit()})
+    return dict(_CODE)
+
+
 def package_versions() -> dict[str, str | None]:
     from importlib import metadata
 
@@ -121,7 +167,34 @@ def device_info() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["machine"] = machine_facts()
     return info
+
+
+def machine_facts() -> dict[str, Any]:
+    """:func:`pneumolib.machine.machine_info` (CPU model, the ISA oneDNN and ATen use, torch /
+    oneDNN / MKL versions, threads, GPUs). Its oneDNN probe (a subprocess of about 2 s) runs
+    once per machine, build and ISA setting: the answer is kept in the cache folder."""
+    import hashlib
+
+    from pneumolib.machine import machine_info
+
+    fast = machine_info(probe=False)
+    key = hashlib.sha256(json.dumps([fast.get(k) for k in ("cpu_model", "cpu_flags", "torch", "onednn",
+                                                            "onednn_max_cpu_isa", "env")], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    cached = paths.cache_dir() / "machine" / f"{key}.json"
+    try:
+        probed = json.loads(cached.read_text())
+    except (OSError, ValueError):
+        full = machine_info(probe=True)
+        probed = {k: full.get(k) for k in ("onednn_isa", "onednn_isa_text", "onednn_isa_method")}
+        if str(probed.get("onednn_isa_method") or "").startswith("oneDNN verbose"):  # a real answer
+            try:
+                atomic_write_json(cached, probed)
+            except OSError:
+                pass
+    return {**fast, **probed}
 
 
 def provenance(cfg: Any = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -130,6 +203,7 @@ def provenance(cfg: Any = None, extra: dict[str, Any] | None = None) -> dict[str
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "git": git_commit(),
+        "code": code_identity(),
         "versions": package_versions(),
         "device": device_info(),
     }

@@ -1,5 +1,5 @@
-"""Several processes on the CPU (gloo): notebooks through papermill, the paper profile on a
-DICOM phantom, a torchrun-style launch, the launcher's errors, and mixed precision."""
+"""Several processes on the CPU (gloo): a torchrun-style launch, the launcher's errors, and
+mixed precision (the end-to-end runs through papermill: tests/test_long_job.py)."""
 
 from __future__ import annotations
 
@@ -45,38 +45,6 @@ def _check_profile(home: Path, profile: str, processes: int = 2) -> dict[str, di
     return runs
 
 
-def test_reproduce_smoke_with_two_processes_through_papermill(pneumo_env):
-    """The design card's main use: papermill drives every notebook, training runs in DDP."""
-    home = Path(pneumo_env["PNEUMO_HOME"])
-    run_pneumo(["reproduce", "--profile", "smoke", *DDP], pneumo_env, timeout=900)
-    _check_profile(home, "smoke")
-    nb = json.loads((home / "papermill_runs" / "smoke" / "04_finetune-random.ipynb").read_text())
-    out = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    assert "training in a child process (2 process(es)" in out and "Starting with 2 processes" in out
-
-
-def test_paper_profile_end_to_end_on_a_dicom_phantom(pneumo_env, tmp_path):
-    """The paper profile, shrunk for the CPU: the DICOM reader, the paper protocol, the plain
-    U-Net without norm, head_prior 0 and DDP in one run of every notebook."""
-    home = Path(pneumo_env["PNEUMO_HOME"])
-    data = tmp_path / "siim-dicom"
-    run_pneumo(["data", "phantom", "--layout", "siim-dicom", "--out", str(data), "--n", "80", "--size", "128",
-                "--junk", "2"], pneumo_env)
-    shrink = ["accelerator=cpu", "devices=2", "image_size=64", "base_width=8", "max_epochs=2", "ae_max_epochs=1",
-              "batch_size=8", "precision=32-true", "num_workers=0", "resnet_encoder=resnet18",
-              "encoder_weights=none", "torch_threads=1", "progress=false"]
-    run_pneumo(["reproduce", "--profile", "paper", "--data", str(data),
-                *[a for s in shrink for a in ("--set", s)]], pneumo_env, timeout=900)
-    runs = _check_profile(home, "paper")
-    for name, m in runs.items():
-        cfg = m["provenance"]["config"]
-        assert (cfg["protocol"], cfg["unet_norm"], cfg["head_prior"], cfg["strategy"]) == ("paper", "none", 0.0, "ddp")
-        assert m["data"]["kind"] == "siim-dicom" and m["data"]["protocol"] == "paper", name
-    assert runs["random"]["head_prior"] == 0.0
-    leak = pd.read_csv(home / "results" / "paper" / "random" / "test_per_image.csv")
-    assert set(leak["aug"]) >= {"orig"}  # the paper protocol splits after augmenting
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,7 +59,7 @@ def test_torchrun_style_launch_matches_lightnings_own(pneumo_env, tmp_path):
     ext = tmp_path / "external"
     args = ["train", "--scenario", "random", "--profile", "smoke", "--devices", "2", "--strategy", "ddp",
             "--set", "accelerator=cpu"]
-    run_pneumo(args + ["--out", str(own)], pneumo_env)
+    run_pneumo(args + ["--set", "launcher=lightning", "--out", str(own)], pneumo_env)
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
@@ -113,25 +81,25 @@ def test_a_notebook_launch_through_torchrun(pneumo_env, tmp_path):
     """launcher = torchrun: the notebook's training cell starts the ranks through
     torch.distributed.run (as on a cluster: srun works the same way) and Lightning joins them."""
     from pneumolib.config import get_config
-    from pneumolib.training import launch
+    from pneumolib.training import launch, runs
 
     cfg = get_config("smoke", devices="2", strategy="ddp", accelerator="cpu",
                      launcher=f"{{python}} -m torch.distributed.run --nproc-per-node 2 --master-port {_free_port()} "
                               "--no-python")
-    summary = launch.train_scenario(cfg, "random", out=tmp_path / "tr")
+    summary = runs.train_scenario(cfg, "random", out=tmp_path / "tr", child=True)
     assert summary["batch_size"]["processes"] == 2 and summary["test"]
     assert launch.child_command(cfg, "train", tmp_path)[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
 
 
 def test_launcher_failure_names_the_last_lines_and_the_command(pneumo_env, tmp_path, monkeypatch):
     from pneumolib.config import get_config
-    from pneumolib.training import launch
+    from pneumolib.training import launch, runs
 
     cfg = get_config("smoke")
     with pytest.raises(launch.LaunchError) as ei:  # ae_full needs an autoencoder nobody trained
-        launch.train_scenario(cfg, "ae_full", out=tmp_path / "run", child=True)
+        runs.train_scenario(cfg, "ae_full", out=tmp_path / "run", child=True)
     msg = str(ei.value)
-    assert "exited with status 2" in msg and "pneumo pretrain --kind xray" in msg
+    assert "rank 0 (local rank 0) failed first: exit code 2" in msg and "pneumo pretrain --kind xray" in msg
     assert "Rerun it by hand" in msg and "--config" in msg and str(tmp_path / "run") in msg
     assert "PNEUMO_HOME=" in msg
 
@@ -147,15 +115,17 @@ def test_deciding_how_to_launch_never_touches_cuda(pneumo_env):
         "from pneumolib.training import launch\n"
         "from pathlib import Path\n"
         "paper = get_config('paper', allow_phantom=True)\n"
-        "assert launch.process_count(paper) == 2 and launch.needs_child_process(paper)\n"
+        "assert launch.process_count(paper) == 2 and launch.needs_launch(paper)\n"
+        "import sys; sys.ps1 = '>>> '  # decide as a notebook kernel does\n"
         "demo = get_config('demo')\n"
-        "assert launch.process_count(demo) == 2 and launch.needs_child_process(demo)  # auto = all GPUs\n"
-        "assert not launch.needs_child_process(get_config('demo', devices='1'))\n"
-        "assert not launch.needs_child_process(get_config('demo', accelerator='cpu'))\n"
-        "assert launch.needs_child_process(get_config('demo', devices='1', strategy='ddp'))\n"
+        "assert launch.process_count(demo) == 1 and not launch.needs_launch(demo)  # one process on any box\n"
+        "auto = get_config('demo', devices='auto')\n"
+        "assert launch.process_count(auto) == 2 and launch.needs_launch(auto)  # auto = all GPUs\n"
+        "assert not launch.needs_launch(get_config('demo', devices='auto', accelerator='cpu'))\n"
+        "assert launch.needs_launch(get_config('demo', devices='1', strategy='ddp'))\n"
         "assert launch.process_count(get_config('demo', devices='0,1', num_nodes=2)) == 4\n"
         "cmd = launch.child_command(paper, 'train', Path('/x/run'), ['--scenario', 'random'])\n"
-        "assert cmd[1:5] == ['-m', 'pneumolib.cli', 'train', '--scenario'] and cmd[-4:] == "
+        "assert cmd[1:5] == ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node'] and cmd[-4:] == "
         "['--config', '/x/run/config.json', '--out', '/x/run']\n"
         "assert not torch.cuda.is_initialized()\n"
         "print('ok')\n")

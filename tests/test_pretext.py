@@ -198,7 +198,7 @@ class _FakeDM:
 
 
 def test_noskip_unet_same_state_dict_and_skips_do_nothing():
-    from pneumolib.training.runs import copy_through
+    from pneumolib.training.copythrough import copy_through
 
     torch.manual_seed(0)
     plain = UNet(1, 1, base_width=4)

@@ -28,6 +28,12 @@ class Step:
     parameters: dict[str, Any]
     deps: tuple[str, ...] = ()     # steps whose rerun makes this one stale
     outputs: tuple[Path, ...] = field(default_factory=tuple)  # must exist to skip
+    runs: tuple[Path, ...] = field(default_factory=tuple)     # run folders it trains (03, 04)
+
+    @property
+    def trains(self) -> bool:
+        """A step that trains: rerunning it costs hours on the paper profile."""
+        return bool(self.runs)
 
 
 #: The studies beyond the paper (``pneumo reproduce --studies``), in the order they run.
@@ -68,11 +74,12 @@ def parse_studies(studies: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(n for n in STUDIES if n in names)
 
 
-def seed_list(profile_seed: int, seeds: int) -> list[int]:
-    """The seeds of a ``--seeds N`` run: the profile's seed, then +1, +2, ..."""
+def seed_list(base_seed: int, seeds: int) -> list[int]:
+    """The seeds of a ``--seeds N`` run: the base seed (``--set seed=`` or the profile's),
+    then +1, +2, ..."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    return [profile_seed + i for i in range(seeds)]
+    return [base_seed + i for i in range(seeds)]
 
 
 def _finetune(base: dict[str, Any], results: Path, scenario: str, name: str, run_name: str,
@@ -83,7 +90,8 @@ def _finetune(base: dict[str, Any], results: Path, scenario: str, name: str, run
         params["seed"] = seed
     if extra:
         params["overrides_json"] = json.dumps({**json.loads(base["overrides_json"]), **extra}, sort_keys=True)
-    return Step(name, "04_finetune", params, deps=deps, outputs=(results / run_name / "metrics.json",))
+    return Step(name, "04_finetune", params, deps=deps, outputs=(results / run_name / "metrics.json",),
+                runs=(results / run_name,))
 
 
 def plan(profile: str, data: str | None = None, overrides: dict[str, Any] | None = None,
@@ -105,19 +113,26 @@ def plan(profile: str, data: str | None = None, overrides: dict[str, Any] | None
     if unknown:
         raise ConfigError(f"label-efficiency scenario(s) {', '.join(unknown)} unknown; valid: "
                           f"{', '.join(scenario_order())}")
-    base = {"profile": profile, "data": data, "overrides_json": json.dumps(overrides or {}, sort_keys=True)}
+    overrides = dict(overrides or {})
+    # the base seed (``--set seed=K`` or the profile's) travels as each run's own ``seed``
+    # parameter, never inside overrides_json, where it would win over every run's seed
+    cfg_seed = notebook_config(profile, data=data, overrides_json=json.dumps(overrides)).seed
+    overrides.pop("seed", None)
+    base = {"profile": profile, "data": data, "overrides_json": json.dumps(overrides, sort_keys=True),
+            "seed": cfg_seed}
     results, figures = paths.results_dir(profile), paths.figures_dir(profile)
-    cfg_seed = notebook_config(profile, data=data, overrides_json=base["overrides_json"]).seed
+    split = {} if "split_seed" in overrides else {"split_seed": cfg_seed}
     ae = "03_autoencoders"
     steps = [Step("01_eda", "01_eda", dict(base)), Step("02_augmentation", "02_augmentation", dict(base)),
              Step(ae, ae, {**base, "kinds": "xray,mask"},
-                  outputs=(results / "ae_xray" / "metrics.json", results / "ae_mask" / "metrics.json"))]
+                  outputs=(results / "ae_xray" / "metrics.json", results / "ae_mask" / "metrics.json"),
+                  runs=(results / "ae_xray", results / "ae_mask"))]
     fine = [_finetune(base, results, sc, f"04_finetune-{sc}", sc, (ae,)) for sc in scenario_order()]
     for seed in seed_list(cfg_seed, seeds)[1:]:
         # the same split (and so the same test images) for every seed: only the
         # initialisation, the batch order and the augmentations change
         fine += [_finetune(base, results, sc, f"04_finetune-{sc}-seed{seed}", f"{sc}-seed{seed}", (ae,), seed=seed,
-                           extra={"split_seed": cfg_seed}) for sc in scenario_order()]
+                           extra=split) for sc in scenario_order()]
     steps += fine
     main_runs = (ae, *(s.name for s in fine))
     steps.append(Step("05_results", "05_results", dict(base), deps=main_runs,
@@ -137,7 +152,8 @@ def plan(profile: str, data: str | None = None, overrides: dict[str, Any] | None
         elif study == "pretext":
             pre = f"{ae}-pretext"
             runs = [Step(pre, ae, {**base, "kinds": ",".join(PRETEXT_KINDS)},
-                         outputs=tuple(results / f"ae_{k}" / "metrics.json" for k in PRETEXT_KINDS))]
+                         outputs=tuple(results / f"ae_{k}" / "metrics.json" for k in PRETEXT_KINDS),
+                         runs=tuple(results / f"ae_{k}" for k in PRETEXT_KINDS))]
             runs += [_finetune(base, results, sc, f"04_finetune-{sc}", f"{sdir}/{sc}", (pre,))
                      for sc in PRETEXT_SCENARIOS]
             nb = "09_pretext"

@@ -18,9 +18,22 @@ unknown name or a bad value.
 
 Resuming. After a notebook succeeds, its executed copy is renamed into place (it is
 written under a temporary name while it runs) and ``<name>.done.json`` records its
-parameters, the template's hash, its dependencies' completion times and the time taken.
-A later ``reproduce`` skips a notebook whose copy and marker exist, whose parameters,
-template and dependencies are unchanged and whose outputs exist, unless ``force``.
+parameters, the template's hash, its dependencies' completion times, the code that ran it
+(:func:`pneumolib.runio.code_identity`) and the time taken. A later ``reproduce`` skips a
+notebook whose copy and marker exist, whose parameters, template, dependencies and code are
+unchanged and whose outputs exist, unless ``force``. An interrupted training notebook is
+simply run again: its training cell continues from the run's last checkpoint
+(:mod:`pneumolib.training.runfolder`).
+
+Code. A notebook that does not train (EDA, results, studies' tables) reruns by itself when
+any pneumolib code changed. A training notebook (03, 04) whose runs came from other code on
+the results path (a hash that ignores comments and docstrings) is never rerun, nor served,
+silently: ``reproduce`` stops before running anything, lists which runs came from which
+code, and asks for ``--rerun-changed`` (train them again) or ``--keep-results`` (keep them;
+recorded in ``papermill_runs/<profile>/kept_results.json`` and the report's provenance).
+
+Signals. SIGTERM and SIGHUP end a run like Ctrl-C: the kernel is shut down, and every
+training process with it (they die with their parent); the same command again continues.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -64,8 +78,51 @@ def _dep_stamps(out_dir: Path, step: Step) -> dict[str, str | None]:
     return {d: (_read_marker(out_dir, d) or {}).get("finished_at") for d in step.deps}
 
 
-def why_stale(step: Step, out_dir: Path, template: Path) -> str | None:
-    """None when ``step`` is complete and up to date; else the reason to run it."""
+def _run_code(run: Path) -> str | None:
+    """The results-path code hash that made the run in ``run`` (its metrics.json, or the
+    identity inside its last checkpoint); None when there is no run or it records none."""
+    try:
+        m = json.loads((run / "metrics.json").read_text())
+        return ((m.get("identity") or {}).get("code")) or ((m.get("provenance") or {}).get("code") or {}).get("results")
+    except (OSError, ValueError):
+        pass
+    last = run / "checkpoints" / "last.ckpt"
+    if last.exists():
+        from pneumolib.errors import PneumoError
+        from pneumolib.training.runfolder import read_checkpoint_state
+
+        try:
+            ident = read_checkpoint_state(last)[0]
+        except PneumoError:
+            return None
+        return (ident or {}).get("code")
+    return None
+
+
+def code_changes(step: Step, out_dir: Path, code: dict[str, Any]) -> list[str]:
+    """For a training step: its runs (finished or interrupted) made by other code on the
+    results path than ``code``, in words; empty when none."""
+    out = []
+    m = _read_marker(out_dir, step.name)
+    done = (m or {}).get("code") or {}
+    if m is not None and done.get("results") not in (None, code["results"]):
+        out.append(f"{step.name}: finished with code {done.get('results')} (commit {str(done.get('commit'))[:12]}"
+                   f"{', uncommitted changes' if done.get('dirty') else ''})")
+    for run in step.runs:
+        made = _run_code(Path(run))
+        if made not in (None, code["results"]):
+            state = "finished" if (Path(run) / "metrics.json").exists() else "interrupted, with a checkpoint"
+            out.append(f"{Path(run).name}: {state}, trained by code {made}")
+    return out
+
+
+def why_stale(step: Step, out_dir: Path, template: Path, code: dict[str, Any] | None = None,
+              rerun_changed: bool = False) -> str | None:
+    """None when ``step`` is complete and up to date; else the reason to run it.
+
+    ``code`` (:func:`pneumolib.runio.code_identity`): a step that does not train is stale
+    when any pneumolib code changed since it ran; a training step only with
+    ``rerun_changed`` (see :func:`code_changes` for how the choice is asked for)."""
     if not (out_dir / f"{step.name}.ipynb").exists():
         return "no executed copy"
     m = _read_marker(out_dir, step.name)
@@ -80,6 +137,12 @@ def why_stale(step: Step, out_dir: Path, template: Path) -> str | None:
     missing = [p for p in step.outputs if not Path(p).exists()]
     if missing:
         return f"output missing: {missing[0]}"
+    if code is not None:
+        done = m.get("code") or {}
+        if step.trains and rerun_changed and code_changes(step, out_dir, code):
+            return "its runs came from other code on the results path (--rerun-changed)"
+        if not step.trains and done.get("package") != code["package"]:
+            return f"pneumolib code changed since it ran ({done.get('package')} -> {code['package']})"
     return None
 
 
@@ -108,7 +171,7 @@ def _cell_head(nb_path: Path, exec_count: int | None, cell_index: int | None) ->
         return ""
 
 
-def run_step(step: Step, template: Path, out_dir: Path) -> float:
+def run_step(step: Step, template: Path, out_dir: Path, code: dict[str, Any] | None = None) -> float:
     """Execute one notebook into ``out_dir`` atomically; returns the seconds taken.
 
     Raises:
@@ -145,6 +208,7 @@ def run_step(step: Step, template: Path, out_dir: Path) -> float:
         "parameters": step.parameters, "deps": _dep_stamps(out_dir, step),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "seconds": round(seconds, 2), "python": sys.executable,
+        "code": code if code is not None else _code(),
     })
     return seconds
 
@@ -169,13 +233,61 @@ class _Env:
                 os.environ[k] = v
 
 
-def kernel_env() -> dict[str, str]:
-    """What the kernels must share with this process: where outputs and the cache live, and
-    a Jupyter path that finds this interpreter's ``python3`` kernel before any user-wide one."""
+def kernel_env(keep_results: bool = False) -> dict[str, str]:
+    """What the kernels must share with this process: where outputs and the cache live, a
+    Jupyter path that finds this interpreter's ``python3`` kernel before any user-wide one;
+    and that they run headless (a line per epoch, no progress bars) and die with this
+    process (``PNEUMO_DIE_WITH_PARENT``: a kernel, and the training it started, never
+    outlive a terminated ``reproduce``)."""
     jp = str(Path(sys.prefix) / "share" / "jupyter")
     old = os.environ.get("JUPYTER_PATH")
-    return {"PNEUMO_HOME": str(paths.home()), "PNEUMO_CACHE": str(paths.cache_dir()),
-            "JUPYTER_PATH": jp + (os.pathsep + old if old else "")}
+    env = {"PNEUMO_HOME": str(paths.home()), "PNEUMO_CACHE": str(paths.cache_dir()),
+           "JUPYTER_PATH": jp + (os.pathsep + old if old else ""), "PNEUMO_HEADLESS": "1",
+           "PNEUMO_DIE_WITH_PARENT": "1"}
+    if keep_results:
+        from pneumolib.training.runfolder import KEEP_ENV
+
+        env[KEEP_ENV] = "1"
+    return env
+
+
+def _code() -> dict[str, Any]:
+    from pneumolib.runio import code_identity
+    return code_identity()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: handled as an interruption."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(f"received {signal.Signals(signum).name}")
+
+
+def _resume_note(step: Step) -> str:
+    """`` (interrupted earlier: its training resumes after epoch k)`` for a training step
+    whose run folder holds a checkpoint but no finished run."""
+    for run in step.runs:
+        last = Path(run) / "checkpoints" / "last.ckpt"
+        if last.exists() and not (Path(run) / "metrics.json").exists():
+            try:
+                from pneumolib.training.runfolder import read_checkpoint_state
+
+                epoch = read_checkpoint_state(last)[1]
+            except Exception:  # noqa: BLE001 - only a hint; the training itself decides
+                continue
+            return f"; {Path(run).name} resumes after epoch {(epoch or 0) + 1} from its checkpoint"
+    return ""
+
+
+def _keep(out_dir: Path, changes: list[str], code: dict[str, Any]) -> Path:
+    from pneumolib.runio import atomic_write_json
+
+    p = out_dir / "kept_results.json"
+    atomic_write_json(p, {"kept": changes, "current_code": code,
+                          "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "how": "pneumo reproduce --keep-results"})
+    return p
 
 
 def _fmt_s(s: float) -> str:
@@ -185,9 +297,12 @@ def _fmt_s(s: float) -> str:
 def reproduce(profile: str = "demo", data: str | None = None, force: bool = False,
               sets: Sequence[str] = (), seeds: int = 1, studies: str | Sequence[str] = "",
               label_fractions: Sequence[float] = LABEL_FRACTIONS,
-              label_scenarios: Sequence[str] | None = None) -> int:
+              label_scenarios: Sequence[str] | None = None, rerun_changed: bool = False,
+              keep_results: bool = False) -> int:
     """Run every notebook for ``profile`` (see the module docstring); 0 on success, 1 when a
-    notebook fails (its executed copy and failing cell are printed).
+    notebook fails (its executed copy and failing cell are printed), 2 when runs made by other
+    code wait for ``rerun_changed`` or ``keep_results``, 130 when interrupted (Ctrl-C,
+    SIGTERM, SIGHUP: the same command again continues).
 
     Raises:
         ConfigError: an unknown profile, ``--set`` name or value (before anything runs).
@@ -208,20 +323,55 @@ def reproduce(profile: str = "demo", data: str | None = None, force: bool = Fals
         if unknown:
             raise ConfigError(f"{template.name} declares no parameter(s) {', '.join(sorted(unknown))}; "
                               f"declared: {', '.join(sorted(_declared_parameters(template)))}")
+    if rerun_changed and keep_results:
+        raise ConfigError("--rerun-changed and --keep-results exclude each other: choose one")
+    code = _code()
+    changes = [] if force else [c for s in steps if s.trains for c in code_changes(s, out_dir, code)]
+    if changes and not (rerun_changed or keep_results):
+        print(f"pneumo reproduce: {len(changes)} run(s) of profile {profile} came from other code on the results "
+              f"path than this checkout's ({code['results']}, commit {str(code.get('commit'))[:12]}"
+              f"{', uncommitted changes' if code.get('dirty') else ''}):\n"
+              + "".join(f"  - {c}\n" for c in changes)
+              + "Nothing was run. Choose:\n"
+              "  --rerun-changed   train them again with this code (the other notebooks rerun as needed)\n"
+              "  --keep-results    keep them as they are; recorded in kept_results.json and the report\n"
+              "(comments and docstrings do not count as code changes)", file=sys.stderr, flush=True)
+        return 2
+    if changes and keep_results:
+        print(f"pneumo reproduce: keeping {len(changes)} run(s) made by other code: recorded in "
+              f"{_keep(out_dir, changes, code)}", flush=True)
     print(f"pneumo reproduce: profile {profile}, data {data or 'built-in phantom'}"
           + (f", overrides {overrides}" if overrides else "") + f"\n  executed notebooks -> {out_dir}", flush=True)
     t_all = time.perf_counter()
-    with _Env(**kernel_env()):
+    handlers = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run_steps(steps, nb_dir, out_dir, code, force, rerun_changed, keep_results, profile, study_names,
+                          t_all)
+    except KeyboardInterrupt as e:
+        why = f" ({e})" if str(e) else ""
+        print(f"pneumo reproduce: interrupted{why} after {_fmt_s(time.perf_counter() - t_all)}. Finished notebooks "
+              "are kept; the same command again continues, and an interrupted training resumes from its last "
+              "checkpoint.", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+
+
+def _run_steps(steps: list[Step], nb_dir: Path, out_dir: Path, code: dict[str, Any], force: bool,
+               rerun_changed: bool, keep_results: bool, profile: str, study_names: Sequence[str],
+               t_all: float) -> int:
+    with _Env(**kernel_env(keep_results)):
         for i, s in enumerate(steps, 1):
             template = nb_dir / f"{s.template}.ipynb"
             tag = f"[{i:2d}/{len(steps)}] {s.name}"
-            reason = "forced" if force else why_stale(s, out_dir, template)
+            reason = "forced" if force else why_stale(s, out_dir, template, code, rerun_changed)
             if reason is None:
                 print(f"{tag}: complete, skipped", flush=True)
                 continue
-            print(f"{tag}: running ({reason}) ...", flush=True)
+            print(f"{tag}: running ({reason}{_resume_note(s) if s.trains and not force else ''}) ...", flush=True)
             try:
-                seconds = run_step(s, template, out_dir)
+                seconds = run_step(s, template, out_dir, code)
             except Exception as e:  # noqa: BLE001 - report and stop with status 1
                 failed = out_dir / f"{s.name}.failed.ipynb"
                 cell = getattr(e, "cell_index", None)

@@ -1,7 +1,7 @@
 """Restoration pretext transforms in the spirit of Models Genesis (Zhou et al. 2019, 2021).
 
 An autoencoder that sees its clean input can learn to copy it through the U-Net's top skip
-connection (see :func:`pneumolib.training.runs.copy_through_summary`). Models Genesis instead *distorts* the
+connection (see :func:`pneumolib.training.copythrough.copy_through_summary`). Models Genesis instead *distorts* the
 input and asks for the clean image back, so the network has to learn what an X-ray looks
 like: intensity curves, local texture, and the anatomy around and outside a hidden region.
 :func:`genesis_distort` applies, per image of a batch and in Models Genesis's order:

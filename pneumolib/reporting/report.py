@@ -318,6 +318,12 @@ def _section_provenance(profile: str, runs) -> str:
     shas = {_commit(m.get("provenance") or {})[0] for m in runs.values()}
     if len(shas) > 1:
         out.append('<p class="note">The runs come from more than one commit.</p>')
+    kept = _read_json(paths.papermill_dir(profile) / "kept_results.json")
+    if kept and kept.get("kept"):
+        items = "".join(f"<li>{esc(k)}</li>" for k in kept["kept"])
+        out.append(f'<p class="note">Kept deliberately ({esc(kept.get("how", ""))}, {esc(kept.get("decided_at", ""))}):'
+                   f' these runs came from other code on the results path than '
+                   f'{esc((kept.get("current_code") or {}).get("results", "?"))}:</p><ul>{items}</ul>')
     name, cfg, diffs = _pick_config(profile, runs)
     if cfg is None:
         out.append(missing("No config.json found in the run folders."))

@@ -224,7 +224,7 @@ class PneumoModule(pl.LightningModule):
 
     def copy_through_terms(self, x: torch.Tensor, target: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
         """``(B, 6)`` float64 per item for the copy-through measurement
-        (:func:`pneumolib.training.runs.copy_through_summary`): the MSE ``se`` of the normal
+        (:func:`pneumolib.training.copythrough.copy_through_summary`): the MSE ``se`` of the normal
         pass, the MSE with the top skip zeroed (skips the model already zeroes stay zeroed),
         the sum and the sum of squares of the target (for the error of predicting the split's
         mean), the MSE of returning the input unchanged (meaningful for ``ae_genesis``, whose
