@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -43,6 +44,41 @@ def test_reproduce_smoke_runs_every_notebook(pneumo_env):
     proc = run_pneumo(["reproduce", "--profile", "smoke"], pneumo_env, timeout=300)
     redone = [ln.split(":")[0].split()[-1] for ln in proc.stdout.splitlines() if ": done in" in ln]
     assert redone == ["04_finetune-ae_full", "05_results", "06_covid_screening"], proc.stdout
+
+    # runs made by other code on the results path (faked in the records): reproduce serves
+    # and retrains nothing, and says which runs came from which code
+    fake = "0" * 16
+    marker = runs / "04_finetune-random.done.json"
+    m = json.loads(marker.read_text())
+    m["code"]["results"] = fake
+    marker.write_text(json.dumps(m))
+    metrics = home / "results" / "smoke" / "random" / "metrics.json"
+    mm = json.loads(metrics.read_text())
+    mm["identity"]["code"] = fake
+    metrics.write_text(json.dumps(mm))
+    proc = run_pneumo(["reproduce", "--profile", "smoke"], pneumo_env, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"04_finetune-random: finished with code {fake}" in proc.stderr
+    assert f"random: finished, trained by code {fake}" in proc.stderr and "Nothing was run" in proc.stderr
+    # --keep-results keeps them, recorded; a change of code elsewhere reruns the notebooks that
+    # do not train (here 01_eda) by themselves
+    eda = runs / "01_eda.done.json"
+    m = json.loads(eda.read_text())
+    m["code"]["package"] = fake
+    eda.write_text(json.dumps(m))
+    proc = run_pneumo(["reproduce", "--profile", "smoke", "--keep-results"], pneumo_env, timeout=300)
+    redone = [ln.split(":")[0].split()[-1] for ln in proc.stdout.splitlines() if ": done in" in ln]
+    assert redone == ["01_eda"], proc.stdout
+    kept = json.loads((runs / "kept_results.json").read_text())
+    assert any(k.startswith("04_finetune-random") for k in kept["kept"])
+    assert "Kept deliberately" in (figs / "report.html").read_text()
+    # --rerun-changed trains that run again, afresh, and redraws what reads it
+    proc = run_pneumo(["reproduce", "--profile", "smoke", "--rerun-changed"], pneumo_env, timeout=300)
+    redone = [ln.split(":")[0].split()[-1] for ln in proc.stdout.splitlines() if ": done in" in ln]
+    assert redone == ["04_finetune-random", "05_results", "06_covid_screening"], proc.stdout
+    nb = (runs / "04_finetune-random.ipynb").read_text()
+    assert "starting afresh" in nb and "code on the results path" in nb
+    assert json.loads(metrics.read_text())["identity"]["code"] != fake
 
     # the screening notebook predicted every held-out image through the predict path
     screen = pd.read_csv(figs / "covid_screening.csv")

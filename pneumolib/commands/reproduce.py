@@ -38,7 +38,6 @@ training process with it (they die with their parent); the same command again co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -52,98 +51,11 @@ from pneumolib import paths
 from pneumolib.config import notebook_config, parse_sets
 from pneumolib.errors import ConfigError
 
+from .markers import (code_changes, current_code, dep_stamps, keep_changes, kept_changes, marker_path, resume_note,
+                      sha256_file, why_stale)
 from .plan import LABEL_FRACTIONS, Step, parse_studies, plan
 
 KERNEL_NAME = "python3"
-
-
-# -- markers ----------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _marker(out_dir: Path, name: str) -> Path:
-    return out_dir / f"{name}.done.json"
-
-
-def _read_marker(out_dir: Path, name: str) -> dict[str, Any] | None:
-    p = _marker(out_dir, name)
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _dep_stamps(out_dir: Path, step: Step) -> dict[str, str | None]:
-    return {d: (_read_marker(out_dir, d) or {}).get("finished_at") for d in step.deps}
-
-
-def _run_code(run: Path) -> str | None:
-    """The results-path code hash that made the run in ``run`` (its metrics.json, or the
-    identity inside its last checkpoint); None when there is no run or it records none."""
-    try:
-        m = json.loads((run / "metrics.json").read_text())
-        return ((m.get("identity") or {}).get("code")) or ((m.get("provenance") or {}).get("code") or {}).get("results")
-    except (OSError, ValueError):
-        pass
-    last = run / "checkpoints" / "last.ckpt"
-    if last.exists():
-        from pneumolib.errors import PneumoError
-        from pneumolib.training.runfolder import read_checkpoint_state
-
-        try:
-            ident = read_checkpoint_state(last)[0]
-        except PneumoError:
-            return None
-        return (ident or {}).get("code")
-    return None
-
-
-def code_changes(step: Step, out_dir: Path, code: dict[str, Any]) -> list[str]:
-    """For a training step: its runs (finished or interrupted) made by other code on the
-    results path than ``code``, in words; empty when none."""
-    out = []
-    m = _read_marker(out_dir, step.name)
-    done = (m or {}).get("code") or {}
-    if m is not None and done.get("results") not in (None, code["results"]):
-        out.append(f"{step.name}: finished with code {done.get('results')} (commit {str(done.get('commit'))[:12]}"
-                   f"{', uncommitted changes' if done.get('dirty') else ''})")
-    for run in step.runs:
-        made = _run_code(Path(run))
-        if made not in (None, code["results"]):
-            state = "finished" if (Path(run) / "metrics.json").exists() else "interrupted, with a checkpoint"
-            out.append(f"{Path(run).name}: {state}, trained by code {made}")
-    return out
-
-
-def why_stale(step: Step, out_dir: Path, template: Path, code: dict[str, Any] | None = None,
-              rerun_changed: bool = False) -> str | None:
-    """None when ``step`` is complete and up to date; else the reason to run it.
-
-    ``code`` (:func:`pneumolib.runio.code_identity`): a step that does not train is stale
-    when any pneumolib code changed since it ran; a training step only with
-    ``rerun_changed`` (see :func:`code_changes` for how the choice is asked for)."""
-    if not (out_dir / f"{step.name}.ipynb").exists():
-        return "no executed copy"
-    m = _read_marker(out_dir, step.name)
-    if m is None:
-        return "no completion marker (never finished)"
-    if m.get("parameters") != step.parameters:
-        return "parameters changed"
-    if m.get("template_sha256") != _sha256(template):
-        return "notebook template changed"
-    if m.get("deps") != _dep_stamps(out_dir, step):
-        return "an earlier notebook was rerun"
-    missing = [p for p in step.outputs if not Path(p).exists()]
-    if missing:
-        return f"output missing: {missing[0]}"
-    if code is not None:
-        done = m.get("code") or {}
-        if step.trains and rerun_changed and code_changes(step, out_dir, code):
-            return "its runs came from other code on the results path (--rerun-changed)"
-        if not step.trains and done.get("package") != code["package"]:
-            return f"pneumolib code changed since it ran ({done.get('package')} -> {code['package']})"
-    return None
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -183,7 +95,7 @@ def run_step(step: Step, template: Path, out_dir: Path, code: dict[str, Any] | N
     out = out_dir / f"{step.name}.ipynb"
     tmp = out_dir / f".{step.name}.running.ipynb"
     failed = out_dir / f"{step.name}.failed.ipynb"
-    _marker(out_dir, step.name).unlink(missing_ok=True)  # a rerun that dies is never "complete"
+    marker_path(out_dir, step.name).unlink(missing_ok=True)  # a rerun that dies is never "complete"
     failed.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
@@ -203,12 +115,12 @@ def run_step(step: Step, template: Path, out_dir: Path, code: dict[str, Any] | N
     os.replace(tmp, out)
     from pneumolib.runio import atomic_write_json
 
-    atomic_write_json(_marker(out_dir, step.name), {
-        "name": step.name, "template": str(template), "template_sha256": _sha256(template),
-        "parameters": step.parameters, "deps": _dep_stamps(out_dir, step),
+    atomic_write_json(marker_path(out_dir, step.name), {
+        "name": step.name, "template": str(template), "template_sha256": sha256_file(template),
+        "parameters": step.parameters, "deps": dep_stamps(out_dir, step),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "seconds": round(seconds, 2), "python": sys.executable,
-        "code": code if code is not None else _code(),
+        "code": code if code is not None else current_code(),
     })
     return seconds
 
@@ -251,9 +163,8 @@ def kernel_env(keep_results: bool = False) -> dict[str, str]:
     return env
 
 
-def _code() -> dict[str, Any]:
-    from pneumolib.runio import code_identity
-    return code_identity()
+def _fmt_s(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -262,36 +173,6 @@ class _Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated(f"received {signal.Signals(signum).name}")
-
-
-def _resume_note(step: Step) -> str:
-    """`` (interrupted earlier: its training resumes after epoch k)`` for a training step
-    whose run folder holds a checkpoint but no finished run."""
-    for run in step.runs:
-        last = Path(run) / "checkpoints" / "last.ckpt"
-        if last.exists() and not (Path(run) / "metrics.json").exists():
-            try:
-                from pneumolib.training.runfolder import read_checkpoint_state
-
-                epoch = read_checkpoint_state(last)[1]
-            except Exception:  # noqa: BLE001 - only a hint; the training itself decides
-                continue
-            return f"; {Path(run).name} resumes after epoch {(epoch or 0) + 1} from its checkpoint"
-    return ""
-
-
-def _keep(out_dir: Path, changes: list[str], code: dict[str, Any]) -> Path:
-    from pneumolib.runio import atomic_write_json
-
-    p = out_dir / "kept_results.json"
-    atomic_write_json(p, {"kept": changes, "current_code": code,
-                          "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          "how": "pneumo reproduce --keep-results"})
-    return p
-
-
-def _fmt_s(s: float) -> str:
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def reproduce(profile: str = "demo", data: str | None = None, force: bool = False,
@@ -325,8 +206,13 @@ def reproduce(profile: str = "demo", data: str | None = None, force: bool = Fals
                               f"declared: {', '.join(sorted(_declared_parameters(template)))}")
     if rerun_changed and keep_results:
         raise ConfigError("--rerun-changed and --keep-results exclude each other: choose one")
-    code = _code()
+    code = current_code()
     changes = [] if force else [c for s in steps if s.trains for c in code_changes(s, out_dir, code)]
+    kept_file = out_dir / "kept_results.json"
+    if changes and not (rerun_changed or keep_results) and set(changes) <= set(kept_changes(kept_file)):
+        keep_results = True  # kept before, deliberately, and still recorded
+    if not (changes and keep_results):
+        kept_file.unlink(missing_ok=True)
     if changes and not (rerun_changed or keep_results):
         print(f"pneumo reproduce: {len(changes)} run(s) of profile {profile} came from other code on the results "
               f"path than this checkout's ({code['results']}, commit {str(code.get('commit'))[:12]}"
@@ -339,7 +225,7 @@ def reproduce(profile: str = "demo", data: str | None = None, force: bool = Fals
         return 2
     if changes and keep_results:
         print(f"pneumo reproduce: keeping {len(changes)} run(s) made by other code: recorded in "
-              f"{_keep(out_dir, changes, code)}", flush=True)
+              f"{keep_changes(out_dir, changes, code)}", flush=True)
     print(f"pneumo reproduce: profile {profile}, data {data or 'built-in phantom'}"
           + (f", overrides {overrides}" if overrides else "") + f"\n  executed notebooks -> {out_dir}", flush=True)
     t_all = time.perf_counter()
@@ -369,7 +255,7 @@ def _run_steps(steps: list[Step], nb_dir: Path, out_dir: Path, code: dict[str, A
             if reason is None:
                 print(f"{tag}: complete, skipped", flush=True)
                 continue
-            print(f"{tag}: running ({reason}{_resume_note(s) if s.trains and not force else ''}) ...", flush=True)
+            print(f"{tag}: running ({reason}{resume_note(s) if s.trains and not force else ''}) ...", flush=True)
             try:
                 seconds = run_step(s, template, out_dir, code)
             except Exception as e:  # noqa: BLE001 - report and stop with status 1
