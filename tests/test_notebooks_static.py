@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from pneumolib import config
+from pneumolib.commands import markers
 from pneumolib.commands import plan as plan_mod
 from pneumolib.commands import reproduce
 from pneumolib.config import Config
@@ -155,8 +156,10 @@ def test_completion_markers_decide_what_reruns(tmp_path):
     def finish(step, when):
         (out / f"{step.name}.ipynb").write_text("{}")
         (out / f"{step.name}.done.json").write_text(json.dumps({
-            "parameters": step.parameters, "template_sha256": reproduce._sha256(template),
-            "deps": reproduce._dep_stamps(out, step), "finished_at": when}))
+            "parameters": step.parameters, "template_sha256": markers.sha256_file(template),
+            "deps": markers.dep_stamps(out, step), "finished_at": when, "code": code}))
+
+    code = {"results": "r1", "package": "p1"}
 
     finish(a, "t1")
     assert reproduce.why_stale(a, out, template) is None
@@ -168,6 +171,16 @@ def test_completion_markers_decide_what_reruns(tmp_path):
     assert reproduce.why_stale(b, out, template) is None
     finish(a, "t3")  # a reran: b is stale
     assert reproduce.why_stale(b, out, template) == "an earlier notebook was rerun"
+    # code: a notebook that does not train reruns when any pneumolib code changed; one that
+    # trains only on request (reproduce asks first: markers.code_changes)
+    assert reproduce.why_stale(a, out, template, code) is None
+    assert reproduce.why_stale(a, out, template, {"results": "r1", "package": "p2"}).startswith("pneumolib code changed")
+    t = plan_mod.Step("t", "t", {"profile": "smoke"}, runs=(tmp_path / "run",))
+    finish(t, "t4")
+    new = {"results": "r2", "package": "p2"}
+    assert reproduce.why_stale(t, out, template, new) is None
+    assert markers.code_changes(t, out, new) == ["t: finished with code r1 (commit None)"]
+    assert "other code" in reproduce.why_stale(t, out, template, new, rerun_changed=True)
     template.write_text('{"changed": 1}')
     assert reproduce.why_stale(a, out, template) == "notebook template changed"
 
@@ -179,3 +192,4 @@ def test_kernel_env_shares_home_and_cache(tmp_path, monkeypatch):
     assert env["PNEUMO_HOME"] == str((tmp_path / "h").resolve())
     assert env["PNEUMO_CACHE"] == str((tmp_path / "c").resolve())
     assert env["JUPYTER_PATH"].split(":")[0].endswith("share/jupyter")
+    assert env["PNEUMO_HEADLESS"] == "1" and env["PNEUMO_DIE_WITH_PARENT"] == "1"
