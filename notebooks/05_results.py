@@ -95,10 +95,11 @@ fig6 = figures.figure6(runs)
 # %% [markdown]
 # ## Figure 7: the final selection
 #
-# The benchmark, the best autoencoder scenario and the ResNet-50 encoder (the paper's best,
-# 0.60 / 0.44). "Best" is chosen on the **validation** split: the highest validation pooled
-# Dice in `metrics.json`, never test. Choosing on test and then reporting test numbers would
-# flatter the chosen curve. The paper does not say how it chose.
+# The benchmark, the best autoencoder scenario and the ResNet-50 encoder (the paper's best).
+# "Best" is chosen on the **validation** split: the highest validation pooled Dice (the mean
+# over seeds), never test. Choosing on test and then reporting test numbers would flatter
+# the chosen curve. The paper does not say how it chose. How sure the choice is: the share
+# of resamples (of seeds and validation images) that choose the same scenario again.
 #
 # **What to look for:** the paper saw the ResNet-50 encoder learn faster in the first epochs
 # and end highest, which it put down to its depth and its ImageNet pretraining. In the
@@ -106,19 +107,21 @@ fig6 = figures.figure6(runs)
 # and says whether ImageNet weights were available.
 
 # %%
-print("best autoencoder scenario:", figures.best_ae_scenario(runs))
-fig7 = figures.figure7(runs)
+choice = tables.ae_choice(runs)
+print(markdown.ae_choice_note(choice))
+fig7 = figures.figure7(runs, choice)
 
 # %% [markdown]
 # ## Table 4
 #
 # One row per scenario, in the paper's order. The columns, from left to right:
 # - **Ours:** pooled Dice / IoU of the best-validation checkpoint on the test split, each
-#   with a 95 % bootstrap interval over test images (`_ci95_lo` / `_ci95_hi`). Under the
-#   paper protocol a test split holds an image together with its flipped and rotated copies,
-#   so there the bootstrap resamples **source images** with all their items
-#   (`bootstrap_unit`). After `--seeds N`, values are the mean over seeds and `_seed_sd` is
-#   their spread.
+#   with a 95 % bootstrap interval (`_ci95_lo` / `_ci95_hi`). With one seed it resamples test
+#   images only, and `training_variance` says so: it is not a ranking. After `--seeds N`,
+#   values are the mean over seeds, `_seed_sd` is their spread, and the interval resamples
+#   seeds **and** test images (docs/METHODS.md). Under the paper protocol a test split holds
+#   an image together with its flipped and rotated copies, so there the bootstrap resamples
+#   **source images** with all their items (`bootstrap_unit`).
 # - **The paper's numbers** (`paper_dice`, `paper_iou`), measured on real SIIM-ACR.
 # - **`test_dice_peak`:** the best test epoch, chosen on test. This is what the paper most
 #   likely reported, and it is not an honest estimate.
@@ -150,16 +153,17 @@ table
 # pair's *difference* in pooled Dice gets its own interval, and one resample of the test
 # images serves both scenarios (a paired bootstrap, clustered by source image under the
 # paper protocol). The columns: `diff` = a − b (mean over seeds), `lo` / `hi` its 95 %
-# interval, and `told_apart` when that interval excludes 0.
+# interval, `verdict`, and `told_apart` when that interval excludes 0.
 #
 # **What "told apart" means, and what it does not:**
-# - **True:** the difference is larger than the luck of which images happen to be in this
-#   test split. The sign of `diff` says which scenario is ahead.
-# - **False:** this test split cannot rank the pair. That is not evidence that they are
-#   equal.
-# - **It covers test-image sampling only**, for these trained weights. Training randomness
-#   (initialisation, batch order) is not in the interval; run `--seeds N` and look at the
-#   `_seed_sd` columns of Table 4 for that.
+# - **It needs several seeds.** Training randomness (initialisation, batch order, and on
+#   another machine other floating-point kernels) moves a scenario as much as the gaps
+#   between scenarios. With `--seeds N` the interval resamples seeds and test images, and
+#   only then does a pair get a verdict; with one seed the verdict says that training
+#   variance is unmeasured.
+# - **True:** the difference is larger than both the luck of the test images and the
+#   spread between training runs. The sign of `diff` says which scenario is ahead.
+# - **False:** these runs cannot rank the pair. That is not evidence that they are equal.
 # - **Many pairs, one threshold.** With 15 pairs at 95 % each, expect about one false True
 #   by chance even if no scenarios differ.
 
@@ -173,8 +177,8 @@ pairs
 
 # %%
 fig_dir = paths.figures_dir(cfg.name)
-{**figures.save_figures(runs, fig_dir), **markdown.write_table4(table, fig_dir, runs),
- **markdown.write_pairs(pairs, fig_dir)}
+{**figures.save_figures(runs, fig_dir, choice=choice), **markdown.write_table4(table, fig_dir, runs, choice),
+ **markdown.write_pairs(pairs, fig_dir), **markdown.write_ae_choice(choice, fig_dir)}
 
 # %% [markdown]
 # ## Beyond the paper

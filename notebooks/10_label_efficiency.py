@@ -75,9 +75,10 @@ table
 # - the vertical gap between lines at each budget, against the shaded bands;
 # - lines that cross, where a scenario is better with few labels but not with many.
 #
-# The intervals cover the choice of test images only. At 1 %, which few images happen to
-# be in the fixed subset and the training seed also move the result, and a single seed does
-# not show that.
+# With one seed the intervals cover the choice of test images only: at 1 %, which few images
+# happen to be in the fixed subset and the training seed also move the result, and a single
+# seed does not show that (`training_variance` says so). The 100 % rows gather every seed of
+# the main runs; their intervals then resample seeds and test images.
 
 # %%
 fig = plots.label_efficiency(table)

@@ -159,19 +159,28 @@ def figure6(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
     return figure_group(runs, FIGURE6, FIGURE_TITLES["figure6"])
 
 
-def figure7(runs: Mapping[str, Mapping[str, Any]]) -> Figure:
-    """Figure 7: random, the best autoencoder scenario (chosen by validation pooled Dice), ResNet-50."""
-    best = best_ae_scenario(runs)
-    note = (f"\nbest autoencoder scenario, chosen on validation (pooled Dice): {scenario_label(best, runs.get(best))}"
-            if best else "\nno autoencoder scenario has finished")
-    return figure_group(runs, figure7_names(runs), FIGURE_TITLES["figure7"] + note)
+def figure7(runs: Mapping[str, Mapping[str, Any]], choice: pd.DataFrame | None = None) -> Figure:
+    """Figure 7: random, the best autoencoder scenario (chosen by validation pooled Dice), ResNet-50.
+
+    ``choice`` (:func:`pneumolib.reporting.tables.ae_choice`): the scenario chosen on the
+    seed-mean validation Dice, and the title says how often resamples of seeds and validation
+    images choose it again; without it, :func:`best_ae_scenario` (the first seed's run)."""
+    chosen = (choice.attrs.get("chosen") if choice is not None else None) or best_ae_scenario(runs)
+    share = float(choice.attrs.get("share", math.nan)) if choice is not None else math.nan
+    sure = f"; chosen again in {share:.0%} of resamples of seeds and validation images" if share == share else ""
+    note = (f"\nbest autoencoder scenario, chosen on validation (pooled Dice): {scenario_label(chosen, runs.get(chosen))}"
+            f"{sure}" if chosen else "\nno autoencoder scenario has finished")
+    names = ("random",) + ((chosen,) if chosen else ()) + ("resnet50",)
+    return figure_group(runs, names, FIGURE_TITLES["figure7"] + note)
 
 
-def save_figures(runs: Mapping[str, Mapping[str, Any]], folder: Path | str, dpi: int = 100) -> dict[str, Path]:
-    """Write ``figure5.png``, ``figure6.png``, ``figure7.png`` and ``extra_metrics.png``."""
+def save_figures(runs: Mapping[str, Mapping[str, Any]], folder: Path | str, dpi: int = 100,
+                 choice: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write ``figure5.png``, ``figure6.png``, ``figure7.png`` (with ``choice``: see
+    :func:`figure7`) and ``extra_metrics.png``."""
     folder = Path(folder)
     out = {}
-    for name, fn in (("figure5", figure5), ("figure6", figure6), ("figure7", figure7),
+    for name, fn in (("figure5", figure5), ("figure6", figure6), ("figure7", lambda r: figure7(r, choice)),
                      ("extra_metrics", plot_extra_metrics)):
         out[name] = save_figure(fn(runs), folder / f"{name}.png", dpi=dpi)
     return out

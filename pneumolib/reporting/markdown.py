@@ -187,7 +187,9 @@ def write_ae_choice(choice: pd.DataFrame, folder: Path | str) -> dict[str, Path]
     folder = Path(folder)
     md = "# How sure Figure 7's choice is\n\n" + ae_choice_note(choice) + "\n\n" + to_markdown(choice) + "\n"
     return {"csv": runio.atomic_write_csv(folder / "ae_choice.csv", choice),
-            "md": runio.atomic_write_text(folder / "ae_choice.md", md)}
+            "md": runio.atomic_write_text(folder / "ae_choice.md", md),
+            "json": runio.atomic_write_json(folder / "ae_choice.json",
+                                            {k: v for k, v in choice.attrs.items() if k in ("chosen", "share")})}
 
 
 def write_table4(df: pd.DataFrame, folder: Path | str, runs: Mapping[str, Mapping[str, Any]] | None = None,

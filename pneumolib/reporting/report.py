@@ -197,7 +197,8 @@ def _section_summary(profile: str, runs, markers, figs: Path) -> str:
 
 def _section_figures(profile: str, figs: Path, runs) -> str:
     parts = []
-    best = best_ae_scenario(runs)
+    chosen = _read_json(figs / "ae_choice.json") or {}  # notebook 05's choice over seeds, when written
+    best = chosen.get("chosen") or best_ae_scenario(runs)
     for stem, title, drawn in MAIN_FIGURES:
         path = figs / f"{stem}.png"
         parts.append(f"<h3>{esc(title)}</h3>")
