@@ -144,3 +144,24 @@ def test_code_identity_ignores_docstrings_and_comments(tmp_path, monkeypatch):
     a.write_text('"""Doc."""\ndef f(x):\n    return x + 2\n')
     assert runio._code_hash([a]) != h1
     assert set(runio.code_identity()) >= {"results", "package", "version", "commit", "dirty"}
+
+
+def test_seeds_3_with_a_base_seed_trains_three_different_seeds(pneumo_env, tmp_path):
+    """`--seeds 3 --set seed=100`: the three planned runs of a scenario, trained the way their
+    notebook trains them (notebook_config from the step's parameters, then runs.train_scenario),
+    record seeds 100, 101, 102 in config.json and give three different results."""
+    from pneumolib.training import runs
+
+    steps = [s for s in plan("smoke", None, {"seed": "100", "max_epochs": "1"}, seeds=3)
+             if s.template == "04_finetune" and s.parameters["scenario"] == "random"]
+    results = []
+    for s in steps:
+        p = dict(s.parameters)
+        cfg = notebook_config(p.pop("profile"), data=p.pop("data"), overrides_json=p.pop("overrides_json"),
+                              seed=p.pop("seed"))
+        out = tmp_path / p["run_name"]
+        runs.train_scenario(cfg, p["scenario"], out=out)
+        results.append((json.loads((out / "config.json").read_text())["seed"],
+                        json.loads((out / "metrics.json").read_text())["val"]["loss"]))
+    assert [seed for seed, _ in results] == [100, 101, 102]
+    assert len({loss for _, loss in results}) == 3, results
