@@ -165,3 +165,49 @@ def test_seeds_3_with_a_base_seed_trains_three_different_seeds(pneumo_env, tmp_p
                         json.loads((out / "metrics.json").read_text())["val"]["loss"]))
     assert [seed for seed, _ in results] == [100, 101, 102]
     assert len({loss for _, loss in results}) == 3, results
+
+
+class _CtrlC:
+    """A cell's output stream that is interrupted (Ctrl-C) as the first line arrives."""
+
+    def write(self, text: str) -> None:
+        raise KeyboardInterrupt
+
+    def flush(self) -> None:
+        pass
+
+
+def _fake_srun(tmp_path, on_term: str) -> Path:
+    srun = tmp_path / "srun"
+    srun.write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/argv\ntrap '{on_term}' TERM\n"
+                    "echo started\nwhile true; do sleep 0.1; done\n")
+    srun.chmod(0o755)
+    return srun
+
+
+def test_an_interrupted_srun_is_ended_the_way_slurm_expects(tmp_path):
+    """Ctrl-C in the cell: srun gets SIGTERM (it forwards it to its tasks), is reaped, and the
+    interrupt reaches the cell; --kill-on-bad-exit=1 is on its command line."""
+    srun = _fake_srun(tmp_path, f"echo TERM > {tmp_path}/got; exit 143")
+    cfg = get_config("smoke", devices="2", strategy="ddp", accelerator="cpu", launcher=str(srun))
+    cmd = launch.child_command(cfg, "train", tmp_path, ["--scenario", "random"])
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_child(cmd, tmp_path, stream=_CtrlC(), grace_s=5)
+    assert (tmp_path / "got").read_text().strip() == "TERM"
+    assert (tmp_path / "argv").read_text().startswith("--kill-on-bad-exit=1 ")
+
+
+def test_a_launcher_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    import time
+
+    srun = _fake_srun(tmp_path, "")  # ignores SIGTERM
+    cfg = get_config("smoke", launcher=str(srun))
+    cmd = launch.child_command(cfg, "train", tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_child(cmd, tmp_path, stream=_CtrlC(), grace_s=1)
+    assert time.monotonic() - t0 < 10
+    import psutil
+
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(srun) in " ".join(p.info["cmdline"] or [])]
+    assert not left  # SIGKILLed and reaped

@@ -31,6 +31,12 @@ def test_reproduce_smoke_runs_every_notebook(pneumo_env):
     assert {"paper_dice", "paper_iou", "dice_per_image"} <= set(t4.columns)
     assert "pooled" in (figs / "table4.md").read_text()
 
+    # headless: a line per epoch, no progress-bar frames, a small executed copy
+    for n in names:
+        if n.startswith("04_finetune"):
+            text = (runs / f"{n}.ipynb").read_text()
+            assert (runs / f"{n}.ipynb").stat().st_size < 100_000 and "\\r" not in text, n
+
     # a second run skips every finished notebook
     t0 = time.perf_counter()
     proc = run_pneumo(["reproduce", "--profile", "smoke"], pneumo_env, timeout=300)
