@@ -78,6 +78,13 @@ def test_same_seed_same_metrics(pneumo_env, tmp_path):
         df = pd.read_csv(tmp_path / name / "epochs.csv")
         runs.append(df.drop(columns=[c for c in df.columns if c == "time_s"]))
     pd.testing.assert_frame_equal(runs[0], runs[1], check_exact=True)
+    # the same setting on the same machine and build: identical files, weights bit for bit
+    import torch
+
+    for f in ("test_per_image.csv", "val_per_image.csv", "config.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    wa, wb = (torch.load(tmp_path / n / "model.pt", weights_only=True) for n in ("a", "b"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     other = tmp_path / "c"
     run_pneumo(["train", "--scenario", "random", "--profile", "smoke", "--seed", "7", "--out", str(other)],
                pneumo_env)

@@ -197,7 +197,16 @@ class _Tree:
             pass
 
     def alive(self) -> list[Any]:
-        return [p for p in self.known.values() if p.is_running() and p.status() != "zombie"]
+        import psutil
+
+        out = []
+        for p in self.known.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
 
     def kill(self, pid: int | None = None) -> None:
         """SIGKILL every remembered process (or only ``pid``, when it is one of them)."""
