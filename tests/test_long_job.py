@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from conftest import PNEUMO, ROOT, run_pneumo
-from test_multiprocess import DDP, _check_profile
+from test_multiprocess import _check_profile
 
 EPOCHS = 8
 DDP_TIMEOUT_S = 20

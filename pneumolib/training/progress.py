@@ -24,7 +24,6 @@ so a cell or terminal left alone for hours still has one line per epoch to read.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from typing import Any

@@ -15,16 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from pneumolib import paths
 from pneumolib.config import Config
 from pneumolib.errors import ConfigError, WeightsError
 
 from . import launch
-from .copythrough import copy_through, copy_through_summary  # noqa: F401 - their home until 2026-12
+from .copythrough import copy_through, copy_through_summary  # noqa: F401 - re-exported (their old home)
 from .module import CLS_WEIGHT
 from .trainer import fit, run_dir
 
