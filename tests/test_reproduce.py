@@ -15,7 +15,9 @@ def test_reproduce_smoke_runs_every_notebook(pneumo_env):
     t0 = time.perf_counter()
     run_pneumo(["reproduce", "--profile", "smoke"], pneumo_env, timeout=600)
     wall = time.perf_counter() - t0
-    assert wall < 300, f"reproduce --profile smoke took {wall:.0f} s (budget 300 s)"
+    # budget: 300 s alone on two cores; the suite runs two test files side by side (pytest-xdist),
+    # and the other one may be the two-process fault chain
+    assert wall < 450, f"reproduce --profile smoke took {wall:.0f} s (budget 450 s beside another test file)"
 
     runs = home / "papermill_runs" / "smoke"
     names = ["01_eda", "02_augmentation", "03_autoencoders", "05_results", "06_covid_screening"] + [
