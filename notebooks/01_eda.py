@@ -52,14 +52,14 @@ cfg
 # ## Counts and prevalence (the paper's Table 1)
 #
 # The first table counts images per split of the source: the `stage_1_train` /
-# `stage_1_test` CSVs of the PNG layout (10,675 / 1,372 images on the real data). A DICOM
-# folder has no such split and shows the total only. The second table lays the data out
-# like the paper's Table 1, with the paper's row under it.
+# `stage_1_test` CSVs of the PNG layout. A DICOM folder has no such split and shows the
+# total only. The second table lays the data out like the paper's Table 1, with the paper's
+# row under it.
 #
-# **What to look for:** `prevalence`. On SIIM-ACR it is 22.2 %, so a model that calls every
-# image normal is right for 78 % of the images. That imbalance is why the paper augments
-# the positives (notebook 02), and why the per-image Kaggle score has a high floor
-# (notebook 04).
+# **What to look for:** `prevalence`. On SIIM-ACR it is 2,669 of 12,047 (the paper's row),
+# so a model that calls every image normal is right for the other 9,378. That imbalance is
+# why the paper augments the positives (notebook 02), and why the per-image Kaggle score has
+# a high floor (notebook 04).
 
 # %%
 source = eda.open_data(cfg)
@@ -77,8 +77,9 @@ eda.table1(source, with_paper=True)
 # (every image and mask resized once), and notebooks 02-04 reuse it.
 #
 # **Why it matters.** A pneumothorax can be a thin rim along the pleura or a collapsed lung.
-# On SIIM-ACR the median mask covers 8,630 px of 1024² (0.8 % of the image) and the
-# smallest covers 55 px. About 10 % of positives are under 2,000 px. Areas scale with the
+# On SIIM-ACR the median mask covers a small fraction of the image, the smallest only a
+# handful of pixels, and some positives are under 2,000 px of 1024² (the real annotations'
+# quantiles are in the table of the section on them below). Areas scale with the
 # square of the side, so a 2,000 px mask keeps about 500 px at the paper's 512 and about 8 at
 # the demo's 64. This is the paper's reason for not going below 512 (section 3.2): smaller
 # images lose the region of interest.
@@ -117,12 +118,12 @@ fig = plots.heatmap(eda.mask_heatmap(dm))
 # %% [markdown]
 # ## The real SIIM-ACR annotations beside the phantom
 #
-# The real annotation table (all 12,954 rows of `train-rle.csv`, 2,669 positive images)
-# ships inside the `torchxrayvision` wheel. So these numbers are real on every machine, even
+# The real annotation table (every row of `train-rle.csv`) ships inside the
+# `torchxrayvision` wheel. So these numbers are real on every machine, even
 # without the images. The table puts real and phantom side by side:
 # - prevalence;
-# - annotations per image (624 real images have 2 to 10; an image's mask is the union of its
-#   rows, while the phantom has exactly one per positive);
+# - annotations per image (some real images have several; an image's mask is the union of
+#   its rows, while the phantom has exactly one per positive);
 # - mask area as a share of the image, at several quantiles;
 # - the share of positives under 2,000 px of 1024².
 #

@@ -28,7 +28,7 @@
 # validation, so it is honest. A scenario without a finished run is listed as "missing" in
 # the legend.
 #
-# **Which Dice.** *Pooled* Dice / IoU sum intersections and areas over the whole test split and then divide; that is what the paper's Figures 5-7 and Table 4 most likely show, and what our `dice_pooled` / `iou_pooled` and the `test_dice` / `test_iou` curves are. The *Kaggle score* (`dice_per_image`) is Dice per image with 1 for an empty truth and an empty prediction, averaged over images; predicting every mask empty already scores about 0.78 at 22 % prevalence. The two cannot be compared.
+# **Which Dice.** *Pooled* Dice / IoU sum intersections and areas over the whole test split and then divide; that is what the paper's Figures 5-7 and Table 4 most likely show, and what our `dice_pooled` / `iou_pooled` and the `test_dice` / `test_iou` curves are. The *Kaggle score* (`dice_per_image`) is Dice per image with 1 for an empty truth and an empty prediction, averaged over images; predicting every mask empty already scores the share of empty test images, the all-empty baseline that this notebook computes from its test split and shows beside every Kaggle score. The two cannot be compared.
 #
 # The figures and tables are also written to `figures/<profile>/`: `figure5.png`,
 # `figure6.png`, `figure7.png`, `extra_metrics.png`, `table4.csv`, `table4.md`, `pairs.csv`

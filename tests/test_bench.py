@@ -64,6 +64,19 @@ def test_rates_positive(result):
     assert "rate" in bench.format_table(result)
 
 
+def test_the_benchmarks_unet_is_the_papers(result):
+    """The benchmarks time the paper's U-Net (plain conv + ReLU, no BatchNorm) and say so."""
+    from pneumolib.commands.bench_train import build_model
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model("unet", 4).modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model("unet", 4, norm="batch").modules())
+    t = result["training"]["unet"]
+    assert t["norm"] == "none" and t["base_width"] == TINY["train_base_width"]
+    assert (t["size"], t["batch_size"]) == (TINY["train_size"], TINY["train_batch"])
+    assert result["inference"]["norm"] == "none" and "norm=none" in result["inference"]["model"]
+    assert "norm=none" in bench.format_table(result)
+
+
 def test_gpu_peaks_by_name():
     assert budget.gpu_peaks("NVIDIA H100 80GB HBM3")["matched"] == "H100"
     assert budget.gpu_peaks("NVIDIA H100 PCIe")["matched"] == "H100 PCIe"

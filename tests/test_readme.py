@@ -68,3 +68,182 @@ def test_readme_is_a_front_door():
     for doc in ("docs/RESULTS.md", "docs/STUDIES.md", "docs/DATA.md"):
         for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (ROOT / doc).read_text()):
             assert (ROOT / "docs" / img).resolve().exists(), (doc, img)
+
+
+# -- no measured number typed by hand ---------------------------------------------------------------
+# A number "looks measured" when it is a decimal, a count with thousands separators, a number
+# with a unit (img/s, s, min, %, MB, px, ...; "30x"), or two numbers set against each other
+# ("13 vs 102"). Generated blocks, code (fenced or inline) and link targets are not prose.
+_NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
+_UNITS = (r"(?:img/s|images/s|images/min|img/min|it/s|steps/s|[GT]FLOP/s|seconds|sec|ms|min|minutes|hours|h|s|%"
+          r"|[KMGT]i?B|px|W)")
+MEASURED = re.compile(rf"(?<![\w.])(?:{_NUM}\s?{_UNITS}(?![\w/])|\d+(?:\.\d+)?x\b|{_NUM}\s+(?:vs\.?|against)\s+{_NUM}"
+                      rf"|\d+\.\d+|\d{{1,3}}(?:,\d{{3}})+)")
+
+_DOCS = ("README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")))
+_NOTEBOOKS = tuple(sorted(f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")))
+
+#: The deliberate exceptions: (numbers, the documents they may stand in, why). Anything else
+#: that looks measured must come from a generated block, be computed by a notebook cell, or go.
+ALLOWED: list[tuple[set[str], set[str], str]] = [
+    # -- the paper's own numbers, quoted from it --------------------------------------------------
+    ({"0.60", "0.44"}, {"docs/METHODS.md"}, "the paper's Table 4: Dice / IoU of its best scenario"),
+    ({"0.48", "0.23", "0.50", "0.53", "0.38"}, {"notebooks/05_results.ipynb"}, "the paper's Table 4"),
+    ({"12,047", "2,669", "22 %", "9,378"}, {"notebooks/01_eda.ipynb", "notebooks/02_augmentation.ipynb",
+                                            "notebooks/07_leakage.ipynb"},
+     "the paper's Table 1 (images, positives, their share, negatives)"),
+    ({"8,007", "17,385", "15,433", "1,952", "1,082", "46 %", "11.2 %", "11 %"}, {"notebooks/02_augmentation.ipynb",
+                                                                               "notebooks/07_leakage.ipynb"},
+     "the paper's Table 2 and shares computed from it (1,952 / 17,385; 8,007 / 17,385)"),
+    ({"0.4828", "0.2488"}, {"notebooks/01_eda.ipynb"}, "the paper's normalisation mean / standard deviation"),
+    ({"3.1", "3.2", "3.3"}, {"notebooks/01_eda.ipynb", "notebooks/02_augmentation.ipynb",
+                             "notebooks/03_autoencoders.ipynb"}, "section numbers of the paper"),
+    ({"3.8"}, {"docs/METHODS.md"}, "a section number of Davison & Hinkley (1997)"),
+    ({"2 %"}, {"notebooks/06_covid_screening.ipynb"}, "pneumothorax in 1-2 % of COVID-19 cases, from the literature"),
+    # -- settings, definitions and rules, not measurements ---------------------------------------
+    ({"3.10"}, {"README.md"}, "the Python version required"),
+    ({"512 px", "64 px", "32 px"}, {"README.md", "docs/METHODS.md", "docs/BENCHMARKS.md", "docs/DATA.md",
+                                    "docs/DEVELOPING.md"}, "image sizes of the profiles (settings)"),
+    ({"1024 px"}, {"docs/DATA.md"}, "the native size the real masks are decoded at"),
+    ({"1,600", "60 %"}, {"README.md", "docs/METHODS.md", "notebooks/02_augmentation.ipynb"},
+     "the demo profile's phantom size and test share (settings)"),
+    ({"1,500", "256 px"}, {"notebooks/01_eda.ipynb"}, "the size of the reference phantom (a setting)"),
+    ({"2,000 px", "500 px"}, {"notebooks/01_eda.ipynb", "notebooks/08_image_level.ipynb"},
+     "the Kaggle winners' minimum mask area at 1024 px, and it scaled to 512 px (arithmetic)"),
+    ({"95 %"}, {"docs/METHODS.md", "docs/RESULTS.md", "docs/STUDIES.md", "notebooks/05_results.ipynb",
+                "notebooks/07_leakage.ipynb", "notebooks/09_pretext.ipynb", "notebooks/10_label_efficiency.ipynb"},
+     "the level of every interval (a setting)"),
+    ({"2.5", "97.5"}, {"docs/METHODS.md"}, "the percentiles a 95 % interval is made of (its definition)"),
+    ({"1,000"}, {"docs/METHODS.md"}, "bootstrap replicates (a setting)"),
+    ({"80 %"}, {"docs/METHODS.md"}, "a rule of thumb for when a choice is a coin toss, not a result"),
+    ({"0.001"}, {"docs/METHODS.md", "notebooks/04_finetune.ipynb"}, "early stopping's min delta (a setting)"),
+    ({"1 %"}, {"docs/METHODS.md", "notebooks/04_finetune.ipynb"}, "head_prior=0.01 (a setting)"),
+    ({"0.5"}, {"docs/METHODS.md", "docs/PREDICT.md", "notebooks/06_covid_screening.ipynb"},
+     "p = 0.5 at a zero bias (arithmetic); the default threshold (a setting)"),
+    ({"1.0"}, {"docs/DATA.md"}, "the phantom's default difficulty (a setting)"),
+    ({"1 %", "10 %", "100 %"}, {"docs/NOTEBOOKS.md", "docs/STUDIES.md", "notebooks/02_augmentation.ipynb",
+                                "notebooks/10_label_efficiency.ipynb"},
+     "the label fractions of the label-efficiency study (settings); in 02 a probability from the test share"),
+    ({"30 s"}, {"docs/NOTEBOOKS.md"}, "torchrun's own default wait (its setting)"),
+]
+
+
+def prose(text: str) -> str:
+    """``text`` without generated blocks, code and link targets: what a person typed as prose."""
+    text = summaries.BLOCK.sub(lambda m: m.group(1) + m.group(4), text)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", "", text)
+    return re.sub(r"\]\([^)]*\)", "]", text)
+
+
+def typed_numbers(doc: str, text: str) -> list[tuple[str, int, str]]:
+    """``(document, line, number)`` of every number in ``text``'s prose that looks measured
+    and is not allowed for ``doc``."""
+    ok = set().union(*(nums for nums, docs, _ in ALLOWED if doc in docs))
+    return [(doc, i, m.group(0)) for i, line in enumerate(prose(text).splitlines(), 1)
+            for m in MEASURED.finditer(line) if m.group(0) not in ok]
+
+
+def _notebook_markdown(path: str) -> str:
+    cells = json.loads((ROOT / path).read_text())["cells"]
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def test_no_measured_number_is_typed_by_hand():
+    """README.md, docs/*.md and the notebooks' markdown hold no measured number outside the
+    generated blocks, except the commented exceptions of :data:`ALLOWED`."""
+    bad = [hit for d in _DOCS for hit in typed_numbers(d, (ROOT / d).read_text())]
+    bad += [hit for nb in _NOTEBOOKS for hit in typed_numbers(nb, _notebook_markdown(nb))]
+    assert not bad, ("numbers typed by hand (render them from a committed summary, compute them in the "
+                     "notebook, or remove them; a deliberate exception goes on ALLOWED with why):\n"
+                     + "\n".join(f"{d}: prose line {i}: {n!r}" for d, i, n in bad))
+    for d in summaries.DOCUMENTS:
+        assert d in _DOCS
+
+
+def test_every_exception_is_still_needed():
+    """No stale entry: each allowed number stands in each document it is allowed for."""
+    found = {d: {m.group(0) for m in MEASURED.finditer(prose((ROOT / d).read_text()))} for d in _DOCS}
+    found.update({nb: {m.group(0) for m in MEASURED.finditer(prose(_notebook_markdown(nb)))} for nb in _NOTEBOOKS})
+    unused = sorted(n for nums, docs, _ in ALLOWED for n in nums if not any(n in found.get(d, set()) for d in docs))
+    assert not unused, f"allowed numbers that none of their documents uses any more: {unused}"
+    for nums, docs, why in ALLOWED:
+        assert why and docs <= set(_DOCS) | set(_NOTEBOOKS), (nums, docs)
+
+
+def test_the_scan_catches_what_it_should():
+    """Known offenders are caught; the same numbers inside a block or code are not."""
+    text = ("Loading: 13 img/s with 2 threads against 102 img/s with 1; 156 against 96 when quiet.\n"
+            "Predicting empty scores about 0.78 at 22 % prevalence (0.7785 on the real data).\n"
+            "2,669 → 8,007 positives; **585 images/min**; 9.0 min; 164.9 s; 1.2 GB; 30x faster.\n")
+    got = {n for _, _, n in typed_numbers("docs/X.md", text)}
+    assert {"13 img/s", "102 img/s", "156 against 96", "0.78", "22 %", "0.7785", "2,669", "8,007",
+            "585 images/min", "9.0 min", "164.9 s", "1.2 GB", "30x"} <= got, got
+    quiet = ("<!-- summary:demo/timing_total -->\n" + text + "<!-- /summary -->\n"
+             "Run `pneumo bench --steps 15 --size 0.5` and\n```bash\nsleep 9.5s\n```\nsee [x](a/0.78.md).\n")
+    assert typed_numbers("docs/X.md", quiet) == []
+    assert typed_numbers("docs/METHODS.md", "the paper's 0.60 / 0.44 and 95 % intervals") == []
+    assert typed_numbers("docs/RESULTS.md", "its 0.60") == [("docs/RESULTS.md", 1, "0.60")]
+
+
+# -- where the machine and command of a summary come from -------------------------------------------
+def test_stamps_take_machine_and_command_from_run_json(tmp_path):
+    from pneumolib.machine import machine_summary
+    from pneumolib.reporting import stamps
+
+    assert stamps.machine_text({}) == "machine not recorded"
+    assert stamps.machine_text({"machine": "x86_64, 2 CPUs, no GPU"}) == "x86_64, 2 CPUs, no GPU"
+    facts = {"cpu_model": "Some CPU", "arch": "x86_64", "cpu_count": 16, "torch": "2.0", "gpus": []}
+    assert stamps.machine_text({"machine": facts}) == machine_summary(facts)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    pd.DataFrame({"notebook": ["01_eda"], "seconds": [120.0]}).to_csv(folder / "timing-1.csv", index=False)
+    (folder / "RUN.json").write_text(json.dumps({"timings": {"1": {"command": "pneumo reproduce --x"}}}))
+    total = stamps.timing_block(folder, "timing_total")
+    assert "machine not recorded" in total and "`pneumo reproduce --x`" in total and "2.0 min" in total
+    assert "2-core" not in total and "fresh clone" not in total
+    (folder / "RUN.json").write_text(json.dumps({"machine": facts, "command": "c", "timings": {"1": {}}}))
+    total = stamps.timing_block(folder, "timing_total")
+    assert machine_summary(facts) in total and "`c`" in total
+
+
+def test_collect_writes_the_runs_machine(tmp_path, monkeypatch):
+    facts = {"cpu_model": "Recorded CPU", "arch": "x86_64", "cpu_count": 3}
+    run = tmp_path / "home" / "results" / "demo" / "random"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"provenance": {"git": {"commit": "abc"},
+                                                                "device": {"machine": facts}}}))
+    monkeypatch.setattr(summaries, "SUMMARIES", tmp_path / "readme")
+    out = summaries.collect(tmp_path / "home", "t", command="pneumo reproduce", what=("tables",))
+    stamp = json.loads((out / "RUN.json").read_text())
+    assert stamp["machine"] == facts and stamp["machine_from"] == "the runs' metrics.json"
+    assert stamp["commits"] == ["abc"] and stamp["command"] == "pneumo reproduce"
+
+
+# -- the benchmark page and the real-data table -----------------------------------------------------
+def test_benchmark_rows_name_their_model():
+    from pneumolib.reporting import bench_blocks
+
+    t = {"arch": "unet", "base_width": 16, "norm": "none", "size": 128, "batch_size": 8, "precision": "32-true",
+         "device": "cpu", "images_per_s": {"plain": 10.0, "lightning": 9.0}, "ratio_lightning_over_plain": 0.9,
+         "ratio_lightning_over_plain_median": 0.9, "ratio_lightning_over_plain_paired_median": 0.9,
+         "seconds_repeats": {"plain": [1.0, 1.5], "lightning": [1.1, 1.2]}, "repeats": 2, "steps_timed": 3,
+         "warmup_steps": 1}
+    md = bench_blocks.fmt_training({"training": {"unet": t}})
+    assert "paper U-Net, width 16, norm `none`" in md and "128 px, batch 8" in md and "+50 %" in md
+    # a file from before norm was recorded: named by its parameter count (BatchNorm, the old default)
+    old = json.loads((bench_blocks.RESULTS / "vm-2026-11-27.json").read_text())["training"]["unet"]
+    assert "norm" not in old and bench_blocks.unet_norm(old).startswith("`batch`")
+
+
+def test_real_split_summary_matches_the_table(tmp_path, monkeypatch):
+    """figures/readme/real/paper_split.json is what real_split.compute() gives on the table."""
+    import importlib.util
+
+    from pneumolib.reporting import real_split
+
+    if importlib.util.find_spec("torchxrayvision") is None:
+        pytest.skip("torchxrayvision (the real RLE table) not installed")
+    monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path))
+    committed = json.loads((summaries.SUMMARIES / "real" / f"{real_split.NAME}.json").read_text())
+    assert real_split.compute() == committed, "rerun `python -m pneumolib.reporting.summaries real`"

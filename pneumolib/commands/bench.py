@@ -8,7 +8,8 @@ Four parts, each a function returning plain JSON-able dicts, put together by :fu
 * :func:`~pneumolib.commands.bench_train.bench_training` -- images/s of steady-state training steps through
   :class:`~pneumolib.training.module.PneumoModule` + Lightning's Trainer against a plain PyTorch loop
   doing the same work (same model, batch, :func:`~pneumolib.training.losses.bce_dice_loss`, Adam,
-  precision, data loader), for the paper U-Net and the smp ResNet-50 U-Net. The ratio
+  precision, data loader), for the paper U-Net (plain conv + ReLU blocks, ``norm="none"``) and
+  the smp ResNet-50 U-Net; each result names its model (norm, width, size, batch). The ratio
   lightning/plain is ``ratio_lightning_over_plain``.
 * :func:`bench_inference` -- images per minute of the full predict path on CPU, the one
   ``pneumo predict`` takes (:func:`pneumolib.commands.predict.predict_paths`: read, resize, model,
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bench_train import bench_training, build_model, median
+from .bench_train import PAPER_NORM, bench_training, build_model, median
 
 #: The checkout (``benchmarks/`` lives beside the package).
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,15 +152,16 @@ def bench_data(size: int, batch_size: int, n: int, batches: int, work: Path,
 
 
 # -- inference --------------------------------------------------------------------------
-def bench_run_folder(model: nn.Module, size: int, base_width: int, folder: Path) -> Path:
+def bench_run_folder(model: nn.Module, size: int, base_width: int, folder: Path, norm: str = "none") -> Path:
     """A minimal run folder (``config.json``, ``model.pt``, ``metrics.json``) holding ``model``
-    (a paper U-Net), so that the benchmark times :func:`pneumolib.commands.predict.predict_paths`,
-    the path ``pneumo predict`` takes, and nothing hand-made."""
+    (a paper U-Net of ``base_width`` and ``norm``), so that the benchmark times
+    :func:`pneumolib.commands.predict.predict_paths`, the path ``pneumo predict`` takes, and
+    nothing hand-made."""
     from pneumolib.config import get_config
     from pneumolib.runio import atomic_torch_save, atomic_write_json, atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = get_config("demo", image_size=size, base_width=base_width)
+    cfg = get_config("demo", image_size=size, base_width=base_width, unet_norm=norm)
     atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
     atomic_torch_save(model.state_dict(), folder / "model.pt")
     atomic_write_json(folder / "metrics.json", {"task": "seg", "scenario": "random", "name": "bench",
@@ -168,7 +170,8 @@ def bench_run_folder(model: nn.Module, size: int, base_width: int, folder: Path)
 
 
 def bench_inference(model: nn.Module, size: int, n_images: int, native: int, work: Path,
-                    batch_size: int = 8, base_width: int = 16, repeats: int = 2) -> dict[str, Any]:
+                    batch_size: int = 8, base_width: int = 16, repeats: int = 2,
+                    norm: str = "none") -> dict[str, Any]:
     """Images per minute of the full predict path on CPU: :func:`pneumolib.commands.predict.predict_paths`
     over a phantom folder of ``native`` px PNGs (read, resize, normalise, U-Net, sigmoid,
     post-process, resize back, write the CSV, a mask PNG and an overlay PNG per image).
@@ -181,7 +184,7 @@ def bench_inference(model: nn.Module, size: int, n_images: int, native: int, wor
     root = write_phantom(work / f"infer-phantom-n{n_images}-s{native}", n_images, native, seed=1,
                          workers=0, progress=False)
     images = sorted((root / "png_images").glob("*.png"))[:n_images]
-    run = bench_run_folder(model.to("cpu"), size, base_width, work / "infer-run")
+    run = bench_run_folder(model.to("cpu"), size, base_width, work / "infer-run", norm)
     predictor = load_predictor(run, device="cpu")
     out_dir = work / "infer-out"
     predict_paths(images[:batch_size], predictor, out_dir, batch_size=batch_size, progress=False)  # warm-up
@@ -192,7 +195,8 @@ def bench_inference(model: nn.Module, size: int, n_images: int, native: int, wor
         times.append(time.perf_counter() - t0)
     sec = median(times)
     return {"images": len(images), "ok": int((df["status"] == "ok").sum()), "native_size": native,
-            "size": size, "batch_size": batch_size, "device": "cpu", "torch_threads": torch.get_num_threads(),
+            "size": size, "batch_size": batch_size, "base_width": base_width, "norm": norm, "device": "cpu",
+            "torch_threads": torch.get_num_threads(), "repeats": repeats,
             "path": "pneumolib.commands.predict.predict_paths (masks and overlays written)",
             "seconds": round(sec, 3), "seconds_repeats": [round(t, 3) for t in times],
             "images_per_min": round(60.0 * len(images) / sec, 1)}
@@ -200,20 +204,21 @@ def bench_inference(model: nn.Module, size: int, n_images: int, native: int, wor
 
 # -- everything -------------------------------------------------------------------------
 def settings_for(size: int, batch_size: int, steps: int | None, quick: bool, on_cuda: bool) -> dict[str, Any]:
-    """The sizes each part runs at. CPU training runs small (full size takes minutes per step)."""
+    """The sizes each part runs at. CPU training runs small (full size takes minutes per step).
+    The U-Nets are the paper's (``unet_norm`` ``none``: plain conv + ReLU blocks)."""
     if quick:
         s = {"data_size": size, "data_n": 200, "data_batch": batch_size,
              "data_batches": 4, "train_size": 128, "train_base_width": 16, "train_batch": 8,
              "train_steps": steps or 5, "resnet_size": 64, "resnet_batch": 8,
              "warmup": 2, "repeats": 5, "infer_n": 32, "infer_native": size, "infer_size": 256,
-             "infer_base_width": 16}
+             "infer_base_width": 16, "unet_norm": PAPER_NORM}
     else:
         s = {"data_size": size, "data_n": 600, "data_batch": batch_size, "data_batches": 10,
              "train_size": size if on_cuda else 256, "train_base_width": 64 if on_cuda else 16,
              "train_batch": batch_size if on_cuda else 8, "train_steps": steps or (30 if on_cuda else 8),
              "resnet_size": size if on_cuda else 256, "resnet_batch": batch_size if on_cuda else 8,
              "warmup": 5 if on_cuda else 2, "repeats": 3, "infer_n": 64, "infer_native": size,
-             "infer_size": size, "infer_base_width": 64}
+             "infer_size": size, "infer_base_width": 64, "unet_norm": PAPER_NORM}
     return s
 
 
@@ -246,15 +251,17 @@ def run(size: int = 512, batch_size: int = 32, steps: int | None = None, quick: 
             echo(f"training {arch} ...")
             res["training"][arch] = bench_training(
                 arch, sz, bs, s["train_steps"], warmup=s["warmup"], repeats=s["repeats"],
-                base_width=s["train_base_width"], precision="16-mixed" if on_cuda else "32-true")
+                base_width=s["train_base_width"], precision="16-mixed" if on_cuda else "32-true",
+                norm=s.get("unet_norm", PAPER_NORM))
         res["ratio_lightning_over_plain"] = {a: r["ratio_lightning_over_plain"] for a, r in res["training"].items()}
     if "inference" in parts:
         echo("inference ...")
         torch.manual_seed(0)
-        res["inference"] = bench_inference(build_model("unet", s["infer_base_width"]), s["infer_size"],
+        norm = s.get("unet_norm", PAPER_NORM)
+        res["inference"] = bench_inference(build_model("unet", s["infer_base_width"], norm), s["infer_size"],
                                            s["infer_n"], s["infer_native"], work,
-                                           base_width=s["infer_base_width"])
-        res["inference"]["model"] = f"paper U-Net, base width {s['infer_base_width']}"
+                                           base_width=s["infer_base_width"], norm=norm)
+        res["inference"]["model"] = f"paper U-Net, base width {s['infer_base_width']}, norm={norm}"
     if "cuda" in parts:
         res["cuda"] = {"skipped": CUDA_POINTER if on_cuda else "no CUDA"}
     res["seconds_total"] = round(time.perf_counter() - t_all, 1)
@@ -285,7 +292,7 @@ def format_table(res: dict[str, Any]) -> str:
     elif d:
         lines.append(row.format("data", "-", d.get("skipped", "")))
     for arch, t in res.get("training", {}).items():
-        what = f"{arch}" + (f" w{t['base_width']}" if t["base_width"] else "")
+        what = f"{arch}" + (f" w{t['base_width']} norm={t.get('norm', '?')}" if t["base_width"] else "")
         note = f"{t['size']} px, batch {t['batch_size']}, {t['precision']}, {t['device']}"
         for k, v in t["images_per_s"].items():
             lines.append(row.format(f"train {what}: {k}", f"{v:.2f} img/s", note))

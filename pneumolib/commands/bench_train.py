@@ -25,13 +25,20 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def build_model(arch: str, base_width: int = 64) -> nn.Module:
-    """``unet`` (the paper's, ``base_width``) or ``resnet50`` (smp, random weights)."""
+#: The benchmarks' U-Net is the paper's: plain conv + ReLU blocks, no BatchNorm (the
+#: ``paper`` profile's ``unet_norm``), unless a caller asks for ``norm="batch"``.
+PAPER_NORM = "none"
+
+
+def build_model(arch: str, base_width: int = 64, norm: str = PAPER_NORM) -> nn.Module:
+    """``unet``: the paper's U-Net (``base_width``; ``norm="none"``, the default, its plain
+    conv + ReLU blocks, ``"batch"`` with BatchNorm after each conv); ``resnet50``: smp's
+    ResNet-50 U-Net (random weights; BatchNorm is part of ResNet, ``norm`` does not apply)."""
     from pneumolib.models.resnet import resnet50_unet
     from pneumolib.models.unet import UNet
 
     if arch == "unet":
-        return UNet(in_channels=1, out_channels=1, base_width=base_width)
+        return UNet(in_channels=1, out_channels=1, base_width=base_width, norm=norm)
     if arch == "resnet50":
         return resnet50_unet(in_channels=1, classes=1, encoder_weights=None)
     raise ValueError(f"arch {arch!r} is unknown; valid: unet, resnet50")
@@ -176,16 +183,17 @@ def warnings_quiet():
 def bench_training(arch: str, size: int, batch_size: int, steps: int, warmup: int = 2,
                    repeats: int = 3, base_width: int = 64, precision: str = "32-true",
                    device: str | torch.device | None = None,
-                   channels_last: bool = False) -> dict[str, Any]:
+                   channels_last: bool = False, norm: str = PAPER_NORM) -> dict[str, Any]:
     """Images/s of Lightning (PneumoModule) vs a plain loop; median of ``repeats``, order
-    alternated; each repeat starts from the same initial weights."""
+    alternated; each repeat starts from the same initial weights. The result names the
+    model it timed (``arch``, ``norm``, ``base_width``, ``size``, ``batch_size``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    init = build_model(arch, base_width)
+    init = build_model(arch, base_width, norm)
     state = {k: v.clone() for k, v in init.state_dict().items()}
 
     def fresh() -> nn.Module:
-        m = build_model(arch, base_width)
+        m = build_model(arch, base_width, norm)
         m.load_state_dict(state)
         return m
 
@@ -204,7 +212,8 @@ def bench_training(arch: str, size: int, batch_size: int, steps: int, warmup: in
     rate = {k: batch_size * steps / min(v) for k, v in secs.items()}
     rate_median = {k: batch_size * steps / median(v) for k, v in secs.items()}
     out: dict[str, Any] = {
-        "arch": arch, "base_width": base_width if arch == "unet" else None, "size": size,
+        "arch": arch, "base_width": base_width if arch == "unet" else None,
+        "norm": norm if arch == "unet" else "batch (ResNet's own)", "size": size,
         "batch_size": batch_size, "steps_timed": steps, "warmup_steps": warmup, "repeats": repeats,
         "precision": precision, "channels_last": channels_last, "device": str(device),
         "parameters": int(sum(p.numel() for p in init.parameters())),
@@ -216,8 +225,8 @@ def bench_training(arch: str, size: int, batch_size: int, steps: int, warmup: in
     }
     out["ratio_lightning_over_plain_median"] = round(rate_median["lightning"] / rate_median["plain"], 4)
     # each repeat times the two back to back, so the ratio within a repeat cancels slow
-    # drifts of the machine's speed (seen here: both contenders 25 % slower by the last
-    # repeat), which the best-of and the unpaired median do not
+    # drifts of the machine's speed (both contenders slowing down together over the
+    # repeats; seconds_repeats shows how much), which the best-of and the unpaired median do not
     paired = [p / l for p, l in zip(secs["plain"], secs["lightning"])]
     out["ratio_lightning_over_plain_paired"] = [round(r, 4) for r in paired]
     out["ratio_lightning_over_plain_paired_median"] = round(median(paired), 4)

@@ -3,7 +3,11 @@
 A demo run leaves its tables under ``figures/<profile>/`` and its timings under
 ``papermill_runs/<profile>/``. :func:`collect` copies the small summaries of one such run
 (CSV tables, a few PNG figures, the per-notebook seconds) into ``figures/readme/<set>/`` with
-a ``RUN.json`` stamp (the commit the runs were trained on, date, machine, command).
+a ``RUN.json`` stamp (the commits the runs were trained on, date, command, and ``machine``:
+:func:`pneumolib.runio.machine_facts` as the runs' ``metrics.json`` recorded it, else of the
+machine that collects). Blocks of other sources: ``bench/<file>.<part>`` from
+``benchmarks/results/<file>.json`` and ``code/params`` (:mod:`pneumolib.reporting.bench_blocks`),
+``real/paper_split`` (:mod:`pneumolib.reporting.real_split`, written by ``... summaries real``).
 :func:`render` writes Markdown tables from those files into the blocks of the documents
 marked ``<!-- summary:<set>/<name> -->`` ... ``<!-- /summary -->``; :func:`check` (a test)
 fails when a block differs from what the summaries give, so no number is typed by hand::
@@ -14,7 +18,7 @@ fails when a block differs from what the summaries give, so no number is typed b
 
 Block names: ``stamp``, ``table4``, ``pairs``, ``copy_through``, ``timing``, ``timing_total``, ``realism``, ``leakage``, ``image_level``,
 ``pretext``, ``label_efficiency``; each reads ``<name>.csv`` (``stamp``: ``RUN.json``;
-``timing``: every ``timing-*.csv``) of its set.
+``timing``: every ``timing-*.csv``, :mod:`pneumolib.reporting.stamps`) of its set.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import shutil
 import sys
@@ -34,11 +37,14 @@ import pandas as pd
 
 from pneumolib import runio
 
+from . import bench_blocks, real_split, stamps
+
 ROOT = Path(__file__).resolve().parents[2]
 #: Where the committed summaries live, one folder per named run ("set").
 SUMMARIES = ROOT / "figures" / "readme"
 #: The documents whose blocks are generated.
-DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/STUDIES.md", "docs/DATA.md")
+DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/STUDIES.md", "docs/DATA.md", "docs/METHODS.md",
+             "docs/BENCHMARKS.md")
 #: What collect copies from ``figures/<profile>/`` when present.
 TABLES = ("table4", "pairs", "realism", "leakage", "image_level", "pretext", "label_efficiency")
 FIGURES = ("figure5", "figure6", "figure7", "label_efficiency", "realism")
@@ -53,6 +59,19 @@ def _run_commits(home: Path, profile: str) -> list[str]:
         git = ((json.loads(m.read_text()).get("provenance") or {}).get("git") or {})
         out.append(f"{git.get('commit', '?')}{'+dirty' if git.get('dirty') else ''}")
     return sorted(set(out))
+
+
+def _run_machine(home: Path, profile: str) -> tuple[dict[str, Any], str]:
+    """The machine facts the runs' ``metrics.json`` recorded (``provenance.device.machine``)
+    when every run recorded the same, else :func:`runio.machine_facts` of this machine."""
+    seen = []
+    for m in sorted((home / "results" / profile).rglob("metrics.json")):
+        facts = ((json.loads(m.read_text()).get("provenance") or {}).get("device") or {}).get("machine")
+        if isinstance(facts, dict) and facts not in seen:
+            seen.append(facts)
+    if len(seen) == 1:
+        return seen[0], "the runs' metrics.json"
+    return runio.machine_facts(), "the machine that collected" + (" (the runs recorded several)" if seen else "")
 
 
 def collect(home: Path | str, set_name: str, profile: str = "demo", command: str = "", label: str = "",
@@ -75,6 +94,7 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
     out.mkdir(parents=True, exist_ok=True)
     stamp_path = out / "RUN.json"
     stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+    machine, machine_from = _run_machine(home, profile)
     if "tables" in what:
         for t in TABLES:
             if (figs / f"{t}.csv").exists():
@@ -82,8 +102,7 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
         commits = _run_commits(home, profile)
         stamp.update({"commits": commits, "profile": profile, "command": command or stamp.get("command", ""),
                       "collected": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                      "machine": f"{platform.machine()}, {runio.device_info().get('cpu_count', '?')} CPUs, "
-                                 f"{runio.device_info().get('cuda') and 'CUDA' or 'no GPU'}"})
+                      "machine": machine, "machine_from": machine_from})
         ct = []
         for ae in ("ae_xray", "ae_mask", "ae_genesis", "ae_xray_noskip"):
             mp = home / "results" / profile / ae / "metrics.json"
@@ -107,7 +126,8 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
             label = label or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
             df = pd.DataFrame(rows)
             runio.atomic_write_csv(out / f"timing-{label}.csv", df)
-            stamp.setdefault("timings", {})[label] = {"command": command, "notebooks_seconds": round(df["seconds"].sum(), 1)}
+            stamp.setdefault("timings", {})[label] = {"command": command, "notebooks_seconds": round(df["seconds"].sum(), 1),
+                                                      "machine": machine, "machine_from": machine_from}
     runio.atomic_write_json(stamp_path, stamp)
     return out
 
@@ -192,24 +212,6 @@ def fmt_pairs_short(df: pd.DataFrame) -> str:
             "([docs/RESULTS.md](docs/RESULTS.md)).\n")
 
 
-def fmt_timing(frames: dict[str, pd.DataFrame], walls: dict[str, dict[str, Any]] | None = None) -> str:
-    """Seconds per notebook of each run; ``walls`` (``RUN.json`` ``timings``) adds the wall
-    clock of ``pneumo reproduce`` and of ``./setup.sh`` when they were recorded."""
-    labels = sorted(frames)
-    walls = walls or {}
-    names = list(dict.fromkeys(n for f in frames.values() for n in f["notebook"]))
-    rows = []
-    for n in names:
-        rows.append([f"`{n}`", *[_f(frames[k].set_index("notebook")["seconds"].get(n), 1) for k in labels]])
-    rows.append(["**all notebooks**", *[f"**{_f(frames[k]['seconds'].sum() / 60, 1)} min**" for k in labels]])
-    for key, what in (("reproduce_wall_seconds", "`pneumo reproduce`, wall clock"),
-                      ("setup_seconds", "`./setup.sh` in the fresh clone, before it")):
-        if any(key in walls.get(k, {}) for k in labels):
-            rows.append([what, *[f"{walls.get(k, {}).get(key, 0) / 60:.1f} min" if key in walls.get(k, {}) else ""
-                                 for k in labels]])
-    return _md(["notebook", *[f"seconds, run {k}" for k in labels]], rows)
-
-
 def fmt_realism(df: pd.DataFrame) -> str:
     return _md(["", "real SIIM-ACR (train annotations)", "phantom"],
                [[str(r["quantity"]), "" if pd.isna(r["real"]) else str(r["real"]),
@@ -266,14 +268,6 @@ def fmt_label_efficiency(df: pd.DataFrame) -> str:
         ["scenario", *[f"{f:.0%}" for f in fracs]], rows)
 
 
-def fmt_stamp(stamp: dict[str, Any]) -> str:
-    commits = ", ".join(f"`{c[:12]}{'+dirty' if c.endswith('+dirty') else ''}`" for c in stamp.get("commits", [])) or "?"
-    lines = [f"Measured on commit {commits} ({stamp.get('machine', '?')}), collected {stamp.get('collected', '?')}."]
-    if stamp.get("command"):
-        lines.append(f"Command: `{stamp['command']}`.")
-    return " ".join(lines) + "\n"
-
-
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "table4": fmt_table4, "pairs": fmt_pairs, "pairs_short": fmt_pairs_short, "realism": fmt_realism,
     "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage,
@@ -286,24 +280,16 @@ def block(key: str, root: Path = SUMMARIES) -> str:
     """The Markdown of block ``<set>/<name>`` from the committed summaries."""
     set_name, name = key.split("/", 1)
     folder = root / set_name
+    if set_name in ("bench", "code"):
+        return bench_blocks.block(name)
+    if set_name == "real":
+        return real_split.fmt(json.loads((folder / f"{name}.json").read_text()))
     if name == "stamp":
-        return fmt_stamp(json.loads((folder / "RUN.json").read_text()))
+        return stamps.fmt_stamp(json.loads((folder / "RUN.json").read_text()))
     if name in ("timing", "timing_total"):
-        frames = {p.stem.removeprefix("timing-"): pd.read_csv(p) for p in sorted(folder.glob("timing-*.csv"))}
-        if not frames:
-            raise FileNotFoundError(f"no timing-*.csv in {folder}: collect a run with timing first")
-        walls = (json.loads((folder / "RUN.json").read_text()).get("timings") or {}) \
-            if (folder / "RUN.json").exists() else {}
-        if name == "timing_total":
-            mins = " and ".join(f"{frames[k]['seconds'].sum() / 60:.1f}" for k in sorted(frames))
-            setup = " and ".join(f"{walls[k]['setup_seconds'] / 60:.1f}" for k in sorted(frames)
-                                 if "setup_seconds" in walls.get(k, {}))
-            return (f"All notebooks of the demo took **{mins} min** on this project's 2-core CPU machine "
-                    f"({len(frames)} run{'s' if len(frames) != 1 else ''} from a fresh clone and an empty cache"
-                    + (f"; `./setup.sh` before them took {setup} min" if setup else "") + ").\n")
-        return fmt_timing(frames, walls)
+        return stamps.timing_block(folder, name)
     if name not in FORMATTERS:
-        raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, {', '.join(FORMATTERS)}")
+        raise KeyError(f"unknown summary block {name!r}; known: stamp, timing, timing_total, {', '.join(FORMATTERS)}")
     csv_name = name.removesuffix("_short")
     return FORMATTERS[name](pd.read_csv(folder / f"{csv_name}.csv"))
 
@@ -351,12 +337,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--command", default="")
     c.add_argument("--label", default="")
     c.add_argument("--what", default="tables,figures,timing")
+    sub.add_parser("real", help="measure the paper protocol on the real annotation table into "
+                                 "figures/readme/real/ (needs torchxrayvision)")
     sub.add_parser("render", help="rewrite the summary blocks of README.md and docs/")
     sub.add_parser("check", help="exit 1 when a summary block differs from the summaries")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
         out = collect(args.home, args.set_name, args.profile, args.command, args.label, args.what.split(","))
         print(f"collected into {out}")
+        return 0
+    if args.cmd == "real":
+        out = SUMMARIES / "real" / f"{real_split.NAME}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        runio.atomic_write_json(out, real_split.compute())
+        print(f"wrote {out}")
         return 0
     if args.cmd == "render":
         for p in render():
