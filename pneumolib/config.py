@@ -99,7 +99,7 @@ class Config:
             fastest on small CPU machines, where batches come straight from the memmap cache).
         torch_threads: intra-op CPU threads for torch (0 = torch's default, one per core).
             On a machine whose cores are busy with other work, torch's OpenMP threads can
-            slow down severalfold (docs/BENCHMARKS.md); ``smoke`` uses 1 so CI never hits it.
+            slow down markedly (measure: docs/BENCHMARKS.md); ``smoke`` uses 1 so CI never hits it.
     """
 
     name: str = "custom"
@@ -285,7 +285,7 @@ PROFILES: dict[str, Config] = {
         online_aug=True, resnet_encoder="resnet18", resnet_fallback_random=True, progress=False,
         devices="1", precision="32-true",
     ),
-    # The whole paper pipeline on two CPU cores in about ten minutes: a phantom at 64 px, a
+    # The whole paper pipeline on two CPU cores in minutes: a phantom at 64 px, a
     # base-8 U-Net, a 10x learning rate, 8 epochs (enough with head_prior), a ResNet-18 encoder
     # with a halved decoder standing in for ResNet-50. 60 % of the images are held out for test
     # to narrow Table 4's intervals (docs/RESULTS.md); more would lengthen the per-epoch test
