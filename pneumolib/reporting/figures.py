@@ -25,7 +25,7 @@ from .tables import AE_SCENARIOS
 
 #: The resolution the figures here show at in a notebook (their PNGs inline, kept in the
 #: executed copies); :func:`save_figures` writes the files at its own ``dpi``.
-INLINE_DPI = 90
+INLINE_DPI = 80
 
 #: The four panels of Figures 5-7: (epochs.csv column, panel title, y label).
 PANELS = (

@@ -9,7 +9,9 @@ Table 4) and writes the run folder; :func:`evaluate_module` scores a module on
 """
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,29 @@ def _strategy(cfg: Config) -> Any:
         return DDPStrategy(timeout=timedelta(seconds=float(cfg.ddp_timeout_s)),
                            find_unused_parameters=name.endswith("_true"))
     return name
+
+
+#: Lightning's start-up chatter: said once per run by the training Trainer, silenced for the
+#: evaluation Trainer that follows it (a long log would repeat it for every run).
+_CHATTER_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                    "lightning_fabric.utilities.rank_zero")
+# a deprecation inside Lightning's own code, printed once per Trainer: nothing a user can act on
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Any:
+    import logging
+
+    loggers = [logging.getLogger(n) for n in _CHATTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def make_trainer(cfg: Config, out_dir: Path, max_epochs: int, callbacks: list[pl.Callback] | None = None,
@@ -274,11 +299,12 @@ def evaluate_module(cfg: Config, module: PneumoModule, dm: Any, out_dir: Path | 
     from .copythrough import copy_through_summary
 
     module.measure_copy_through = bool(copy_through)
-    trainer = make_trainer(cfg.replace(progress=False), out_dir or Path("."), max_epochs=1, for_eval=True)
-    try:
-        trainer.validate(module, dataloaders=dm.eval_dataloaders(), verbose=False)
-    finally:
-        module.measure_copy_through = False
+    with _quiet_lightning():
+        trainer = make_trainer(cfg.replace(progress=False), out_dir or Path("."), max_epochs=1, for_eval=True)
+        try:
+            trainer.validate(module, dataloaders=dm.eval_dataloaders(), verbose=False)
+        finally:
+            module.measure_copy_through = False
     results: dict[str, Any] = {}
     for split, res in module.eval_results.items():
         per = res.pop("_per_image", None)
