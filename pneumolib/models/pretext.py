@@ -182,7 +182,7 @@ def local_shuffle(x01: torch.Tensor, generator: GeneratorLike = None, apply: tor
         tiles = x.reshape(b, nh, win, nw, win).permute(0, 1, 3, 2, 4).reshape(b, n_win, area)
         # a bank of random permutations (argsort of one row of keys each) plus the identity
         # last; each tile picks one, or the identity when it is not chosen. Sorting keys for
-        # every tile instead costs ~2 s for 32 images at 512 px on one CPU core.
+        # every tile instead costs seconds per batch at 512 px on one CPU core.
         n_bank = min(_PERM_BANK, b * n_win)
         bank = torch.cat([rng.rand(n_bank, area).argsort(dim=-1),
                           torch.arange(area, device=x.device)[None]])

@@ -94,7 +94,7 @@ def _imagenet_cached() -> bool:
 def _hub_unreachable(timeout: float = 3.0) -> str | None:
     """A reason why the hub cannot be reached now, or None if it may be reachable.
 
-    ``hf_hub_download`` retries for about 25 s before it gives up on a dead network; this
+    ``hf_hub_download`` retries for a while before it gives up on a dead network; this
     probe fails in at most ``timeout`` seconds instead. Behind a proxy it says nothing (the
     direct connection it tries may be blocked while the proxy works).
     """

@@ -21,8 +21,8 @@ def tune_malloc() -> bool:
 
     A batch of 32 float32 images at 512 px is exactly 32 MiB, just above glibc's largest
     dynamic mmap threshold: every batch would be a fresh ``mmap`` whose pages the kernel
-    faults in and zeroes one by one, which costs more than the conversion itself (about
-    3x slower loading measured on 2 cores). Raising ``M_MMAP_THRESHOLD`` to 128 MiB and
+    faults in and zeroes one by one, which costs more than the conversion itself
+    (``benchmarks/bench_data.py`` measures loading). Raising ``M_MMAP_THRESHOLD`` to 128 MiB and
     ``M_TRIM_THRESHOLD`` to 256 MiB keeps such buffers in the heap for reuse; the process
     may hold up to 256 MiB of freed memory. Applied in DataLoader workers and in the
     process that creates a loader (it converts the batches to float). Skipped when
@@ -68,7 +68,7 @@ class PneumoLoader(DataLoader):
     Its dataset (a :meth:`SplitDataset.deferred` view) returns uint8 batches; the conversion
     to normalised float32 happens here, after the batch left the worker. Worker processes
     thus ship 2 bytes per pixel (image + mask) through shared memory instead of 8: on a
-    2-core machine the float32 transfer alone capped loading at ~500 images/s at 512 px.
+    2-core machine the float32 transfer alone capped loading (``benchmarks/bench_data.py``).
     Same constructor as ``DataLoader``, so Lightning can re-create it with a distributed
     sampler.
     """
@@ -181,7 +181,7 @@ class SplitDataset(Dataset):
         msk = _empty(shape, shared, torch.uint8)
         iv, mv = img.numpy()[:, 0], msk.numpy()[:, 0]
         for j, r in enumerate(rows):  # rows in disk order; a plain memcpy each (np.take and
-            iv[j] = images[r]         # fancy indexing measured 1.5-2x slower)
+            iv[j] = images[r]         # fancy indexing was slower here)
             mv[j] = masks[r]
         if self.transform is not None:
             for j in range(rows.size):
@@ -202,7 +202,7 @@ class SplitDataset(Dataset):
         # one pass: x * scale + shift, written straight into the output tensor
         cv2.addWeighted(src, self._scale, src, 0.0, self._shift,
                         dst=image.numpy().reshape(b * h, w), dtype=cv2.CV_32F)
-        # numpy, not Tensor.copy_: torch's threaded uint8 -> float copy was 3x slower here
+        # numpy, not Tensor.copy_: torch's threaded uint8 -> float copy was slower here
         np.copyto(mask.numpy(), msk.numpy(), casting="unsafe")
         return {**batch, "image": image, "mask": mask}
 

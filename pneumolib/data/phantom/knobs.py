@@ -40,9 +40,9 @@ AREA_MIN = 55 / 1024**2
 AREA_MAX = 161421 / 1024**2
 
 # -- where the pneumothorax lies (calibrated against the real masks: pneumolib.reporting.realism) ----
-# Measured with realism.compare_phantom(1500, 256, seed=7) against the 2,669 real masks:
-# heat-map correlation 0.53 -> 0.88 with these settings, area KS 0.048 -> 0.049.
-#: share in the patient's right lung (the image's left half); real masks: 61 % of the heat
+# Tuned with realism.compare_phantom(1500, 256, seed=7) against the real masks; what these
+# settings give is generated into docs/DATA.md (the realism summary).
+#: share in the patient's right lung (the image's left half); real masks: most of the heat
 PTX_RIGHT = 0.62
 #: where the crescent's middle lies along the pleural surface, with relative frequencies
 PTX_PLACES = {"apical": 0.7, "lateral": 0.15, "basal": 0.15}
