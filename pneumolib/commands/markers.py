@@ -23,11 +23,7 @@ def marker_path(out_dir: Path, name: str) -> Path:
 
 
 def read_marker(out_dir: Path, name: str) -> dict[str, Any] | None:
-    p = marker_path(out_dir, name)
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
+    return _read_json_file(marker_path(out_dir, name))
 
 
 def dep_stamps(out_dir: Path, step: Step) -> dict[str, str | None]:

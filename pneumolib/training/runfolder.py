@@ -40,6 +40,10 @@ RUN_DIRS = ("checkpoints", "logs")
 NOT_IN_IDENTITY = frozenset({"name", "progress", "num_workers", "launcher", "max_restarts", "ddp_timeout_s",
                              "torch_threads", "allow_phantom", "skip_bad"})
 
+#: The ``state_key`` of :class:`~pneumolib.training.trainer.EpochCSV` in a checkpoint.
+EPOCH_STATE_KEY = "pneumolib.EpochCSV"
+
+
 #: Set by ``pneumo reproduce --keep-results``: a checkpoint made by other code on the results
 #: path is resumed under this code instead of being started afresh (recorded in metrics.json).
 KEEP_ENV = "PNEUMO_KEEP_RESULTS"
@@ -93,10 +97,6 @@ def read_checkpoint_state(ckpt: Path) -> tuple[dict[str, Any] | None, int | None
     state = (obj.get("callbacks") or {}).get(EPOCH_STATE_KEY) or {}
     epoch = obj.get("epoch")
     return state.get("identity"), (int(epoch) if epoch is not None else None), list(state.get("rows") or [])
-
-
-#: The ``state_key`` of :class:`~pneumolib.training.trainer.EpochCSV` in a checkpoint.
-EPOCH_STATE_KEY = "pneumolib.EpochCSV"
 
 
 def decide(out_dir: Path, ident: dict[str, Any], fresh: bool = False) -> Start:
