@@ -102,28 +102,44 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
 RESULTS_PATH = ("data", "prep", "models", "training", "evaluation", "metrics.py", "config.py", "seeding.py")
 
 
-def _code_hash(files: list[Path]) -> str:
-    """sha256 over the files' code with comments, docstrings and formatting ignored (their
-    AST, docstrings dropped), so that a reworded docstring never makes results stale."""
+def code_text(src: str) -> str:
+    """A module's code with comments, docstrings and formatting dropped (its AST, dumped
+    without docstrings); the source itself when it does not parse."""
     import ast
+
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return src
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+def sources_hash(sources: dict[str, str]) -> str:
+    """sha256 over ``{path relative to the package: source}``, by :func:`code_text`, so that a
+    reworded docstring never makes results stale. Also computed for a past commit's files
+    (:mod:`pneumolib.reporting.stamps`), so it depends on nothing but the texts and paths."""
     import hashlib
 
     h = hashlib.sha256()
-    for f in sorted(files):
-        src = f.read_text(encoding="utf-8")
-        try:
-            tree = ast.parse(src)
-            for node in ast.walk(tree):
-                body = getattr(node, "body", None)
-                if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                        and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                        and isinstance(body[0].value.value, str)):
-                    node.body = body[1:] or [ast.Pass()]
-            text = ast.dump(tree, include_attributes=False)
-        except SyntaxError:
-            text = src
-        h.update(f.relative_to(paths.PACKAGE_DIR).as_posix().encode() + b"\0" + text.encode() + b"\0")
+    for rel in sorted(sources):
+        h.update(rel.encode() + b"\0" + code_text(sources[rel]).encode() + b"\0")
     return h.hexdigest()
+
+
+def is_results_path(rel: str) -> bool:
+    """Whether a module (path relative to the package, ``/``-separated) is on :data:`RESULTS_PATH`."""
+    return rel.split("/", 1)[0] in RESULTS_PATH
+
+
+def _code_hash(files: list[Path]) -> str:
+    """:func:`sources_hash` of package files."""
+    return sources_hash({f.relative_to(paths.PACKAGE_DIR).as_posix(): f.read_text(encoding="utf-8") for f in files})
 
 
 _CODE: dict[str, Any] = {}
@@ -136,7 +152,7 @@ def code_identity() -> dict[str, Any]:
     if not _CODE:
         pkg = paths.PACKAGE_DIR
         every = [p for p in pkg.rglob("*.py") if "__pycache__" not in p.parts]
-        results = [p for p in every if p.relative_to(pkg).parts[0] in RESULTS_PATH]
+        results = [p for p in every if is_results_path(p.relative_to(pkg).as_posix())]
         _CODE.update({"results": _code_hash(results)[:16], "package": _code_hash(every)[:16],
                       "version": __version__, **git_commit()})
     return dict(_CODE)

@@ -38,19 +38,84 @@ def test_a_changed_number_is_caught(tmp_path):
     assert any("demo/table4" in s for s in summaries.check(root=root))
 
 
-def test_the_summaries_are_of_committed_code():
-    """The stamped commits exist in this repository's history and the runs had no
-    uncommitted changes."""
-    for stamp in summaries.SUMMARIES.glob("*/RUN.json"):
-        commits = json.loads(stamp.read_text()).get("commits") or []
-        assert commits, stamp
-        for c in commits:
-            assert not c.endswith("+dirty"), f"{stamp}: runs made with uncommitted changes ({c})"
-        if (ROOT / ".git").exists():
-            for c in commits:
-                ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT, capture_output=True)
-                if ok.returncode != 0:
-                    pytest.skip("shallow clone: the stamped commit is not in this checkout's history")
+def test_the_summaries_are_of_the_code_as_it_is():
+    """Every set's stamped commits are in this repository's history, its runs had no
+    uncommitted changes, and no results-path code changed between the stamp and now; each
+    failure names the command that regenerates the set."""
+    from pneumolib.reporting import stamps
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: stamps cannot be checked against the history")
+    reasons = []
+    for run in sorted(summaries.SUMMARIES.glob("*/RUN.json")):
+        try:
+            reasons += stamps.stale_reasons(run.parent.name, json.loads(run.read_text()), ROOT, ROOT / "pneumolib")
+        except LookupError as e:
+            pytest.skip(f"shallow clone: {e}")
+    assert not reasons, "\n".join(reasons)
+
+
+@pytest.fixture()
+def code_repo(tmp_path):
+    """A git repository holding a copy of this package, one commit deep."""
+    repo = tmp_path / "repo"
+    for f in (ROOT / "pneumolib").rglob("*.py"):
+        if "__pycache__" not in f.parts:
+            dst = repo / "pneumolib" / f.relative_to(ROOT / "pneumolib")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(f.read_bytes())
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "stamp")
+    return repo, git
+
+
+def test_a_stamp_goes_stale_on_a_made_up_commit_and_on_a_results_path_change(code_repo):
+    from pneumolib import runio
+    from pneumolib.reporting import stamps
+
+    repo, git = code_repo
+    pkg = repo / "pneumolib"
+    stamp = {"commits": [git("rev-parse", "HEAD")], "command": "pneumo reproduce --seeds 5", "profile": "demo"}
+    assert stamps.stale_reasons("s", stamp, repo, pkg) == []
+    assert stamps.stale_reasons("s", {**stamp, "commits": ["0123456789abcdef0123456789abcdef01234567"]}, repo, pkg)[0] \
+        .startswith("s: stamped commit 0123456789ab is not in this repository's history")
+    assert "uncommitted" in stamps.stale_reasons("s", {**stamp, "commits": [stamp["commits"][0] + "+dirty"]},
+                                                 repo, pkg)[0]
+    # a comment, a docstring or a module off the results path: the stamp still holds
+    trainer = pkg / "training" / "trainer.py"
+    trainer.write_text(trainer.read_text().replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
+    (pkg / "reporting" / "stamps.py").write_text((pkg / "reporting" / "stamps.py").read_text() + "\nX = 1\n")
+    git("commit", "-qam", "comments and reporting")
+    assert stamps.stale_reasons("s", stamp, repo, pkg) == []
+    # code on the results path, committed or not: stale, naming the module and the fix
+    trainer.write_text(trainer.read_text() + "\nEXTRA = 1\n")
+    (why,) = stamps.stale_reasons("s", stamp, repo, pkg)
+    assert "results-path code changed since" in why and "training/trainer.py" in why
+    assert "pneumo reproduce --seeds 5" in why and "summaries collect --home /tmp/s --set s" in why
+    git("commit", "-qam", "results path")
+    assert stamps.stale_reasons("s", stamp, repo, pkg)
+    # the hash of a past commit's files is the hash the runs recorded
+    assert runio.sources_hash(stamps.results_sources_at("HEAD", repo)) == \
+        runio.sources_hash(stamps.results_sources_now(pkg))
+
+
+def test_summaries_check_reports_a_stale_stamp(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "readme"
+    (root / "made_up").mkdir(parents=True)
+    (root / "made_up" / "RUN.json").write_text(json.dumps({"commits": ["f" * 40], "command": "pneumo reproduce"}))
+    monkeypatch.setattr(summaries, "SUMMARIES", root)
+    monkeypatch.setattr(summaries, "check", lambda: [])
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert summaries.main(["check"]) == 1
+    assert "stale stamp: made_up: stamped commit ffffffffffff is not in this repository's history" in \
+        capsys.readouterr().out
 
 
 def test_readme_is_a_front_door():

@@ -2,17 +2,20 @@
 
 Used by :mod:`pneumolib.reporting.summaries` for the blocks ``<set>/stamp``, ``<set>/timing``
 and ``<set>/timing_total``. The machine and the commands come from the set's ``RUN.json``
-only: a stamp without a machine says "machine not recorded".
+only: a stamp without a machine says "machine not recorded". :func:`stale_reasons` says when a
+stamp no longer describes the code (a commit not in the history, results-path code changed since).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pneumolib import runio
 from pneumolib.machine import machine_summary
 
 
@@ -88,3 +91,71 @@ def timing_block(folder: Path, name: str) -> str:
                 + (f"; `./setup.sh` before them took {setup} min" if setup else "") + ").\n")
     note = stamp.get("timings_note")
     return fmt_timing(frames, walls) + (f"\nHow the wall clocks were read: {note}.\n" if note else "")
+
+
+# -- is a stamp still true? ---------------------------------------------------------------------
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+
+def results_sources_at(commit: str, repo: Path, package: str = "pneumolib") -> dict[str, str]:
+    """``{path relative to the package: source}`` of the results-path modules
+    (:data:`pneumolib.runio.RESULTS_PATH`) as they were at ``commit`` of the git ``repo``."""
+    ls = _git(repo, "ls-tree", "-r", "--name-only", commit, "--", f"{package}/")
+    if ls.returncode != 0:
+        raise ValueError(f"git ls-tree {commit} failed in {repo}: {ls.stderr.strip()}")
+    out = {}
+    for path in ls.stdout.splitlines():
+        rel = path[len(package) + 1:]
+        if path.endswith(".py") and runio.is_results_path(rel):
+            out[rel] = _git(repo, "show", f"{commit}:{path}").stdout
+    return out
+
+
+def results_sources_now(package_dir: Path) -> dict[str, str]:
+    """The same for the working tree's package folder (what runs now)."""
+    return {p.relative_to(package_dir).as_posix(): p.read_text(encoding="utf-8")
+            for p in sorted(package_dir.rglob("*.py"))
+            if "__pycache__" not in p.parts and runio.is_results_path(p.relative_to(package_dir).as_posix())}
+
+
+def regenerate_command(set_name: str, stamp: dict[str, Any]) -> str:
+    """The commands that make a set's summaries again: its run, then collect and render."""
+    cmd = stamp.get("command") or "pneumo reproduce"
+    run = cmd.removeprefix("./setup.sh && ").removeprefix(".venv/bin/")
+    return (f"PNEUMO_HOME=/tmp/{set_name} .venv/bin/{run} && .venv/bin/python -m pneumolib.reporting.summaries "
+            f"collect --home /tmp/{set_name} --set {set_name} --profile {stamp.get('profile', 'demo')} "
+            f"--command \"{cmd}\" && .venv/bin/python -m pneumolib.reporting.summaries render")
+
+
+def stale_reasons(set_name: str, stamp: dict[str, Any], repo: Path, package_dir: Path) -> list[str]:
+    """Why the stamp of summary set ``set_name`` no longer describes the code at ``repo``'s
+    working tree, or ``[]``. Reasons: no commit recorded; a run made with uncommitted changes;
+    a stamped commit that is not in the history (made up, or lost to a rewrite); results-path
+    code (comments and docstrings aside) that differs between a stamped commit and now, with
+    the modules that differ. Each reason ends with the command that regenerates the set. In a
+    shallow clone a commit that is missing cannot be judged: that raises ``LookupError``."""
+    fix = f"regenerate with: {regenerate_command(set_name, stamp)}"
+    commits = list(stamp.get("commits") or [])
+    if not commits:
+        return [f"{set_name}: RUN.json names no commit; {fix}"]
+    now = {rel: runio.code_text(src) for rel, src in results_sources_now(package_dir).items()}
+    reasons = []
+    for c in commits:
+        sha = c.removesuffix("+dirty")
+        if c.endswith("+dirty"):
+            reasons.append(f"{set_name}: runs made with uncommitted changes on top of {sha[:12]}; {fix}")
+        if _git(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+            if _git(repo, "rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+                raise LookupError(f"{sha[:12]} is not in this shallow clone's history")
+            reasons.append(f"{set_name}: stamped commit {sha[:12]} is not in this repository's history; {fix}")
+            continue
+        then = {rel: runio.code_text(src) for rel, src in results_sources_at(sha, repo, package_dir.name).items()}
+        changed = sorted(rel for rel in set(now) | set(then) if now.get(rel) != then.get(rel))
+        if changed:
+            shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+            reasons.append(f"{set_name}: results-path code changed since {sha[:12]} ({shown}); {fix}")
+    want = stamp.get("results_code")
+    if want and runio.sources_hash(results_sources_now(package_dir))[:16] not in want and not reasons:
+        reasons.append(f"{set_name}: the runs' results-path hash {', '.join(want)} is not this code's; {fix}")
+    return reasons
