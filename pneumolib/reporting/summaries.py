@@ -14,8 +14,10 @@ fails when a block differs from what the summaries give, so no number is typed b
 
     python -m pneumolib.reporting.summaries collect --home /tmp/demo --set demo --command "..."
     python -m pneumolib.reporting.summaries render       # rewrite the blocks
-    python -m pneumolib.reporting.summaries check        # exit 1 when a block is stale
+    python -m pneumolib.reporting.summaries check        # exit 1 when a block or a stamp is stale
 
+Blocks of two sets (``replication/verdicts.<a>.<b>``, ``replication/spread.<a>.<b>``) and
+``<set>/separation``: :mod:`pneumolib.reporting.replication`.
 Block names: ``stamp``, ``table4``, ``pairs``, ``copy_through``, ``timing``, ``timing_total``, ``realism``, ``leakage``, ``image_level``,
 ``pretext``, ``label_efficiency``; each reads ``<name>.csv`` (``stamp``: ``RUN.json``;
 ``timing``: every ``timing-*.csv``, :mod:`pneumolib.reporting.stamps`) of its set.
@@ -37,7 +39,7 @@ import pandas as pd
 
 from pneumolib import runio
 
-from . import bench_blocks, real_split, stamps
+from . import bench_blocks, real_split, replication, stamps
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where the committed summaries live, one folder per named run ("set").
@@ -53,12 +55,36 @@ BLOCK = re.compile(r"(<!-- summary:(?P<key>[\w.-]+/[\w.-]+) -->\n)(?P<body>.*?)(
 
 
 # -- collect -----------------------------------------------------------------------------------
-def _run_commits(home: Path, profile: str) -> list[str]:
-    out = []
+def _run_commits(home: Path, profile: str) -> tuple[list[str], list[str]]:
+    """The commits (``+dirty`` when the tree had changes) and results-path hashes the runs'
+    ``metrics.json`` recorded."""
+    commits, hashes = [], []
     for m in sorted((home / "results" / profile).rglob("metrics.json")):
-        git = ((json.loads(m.read_text()).get("provenance") or {}).get("git") or {})
-        out.append(f"{git.get('commit', '?')}{'+dirty' if git.get('dirty') else ''}")
-    return sorted(set(out))
+        prov = json.loads(m.read_text()).get("provenance") or {}
+        git = prov.get("git") or {}
+        commits.append(f"{git.get('commit', '?')}{'+dirty' if git.get('dirty') else ''}")
+        if (prov.get("code") or {}).get("results"):
+            hashes.append(prov["code"]["results"])
+    return sorted(set(commits)), sorted(set(hashes))
+
+
+def _main_runs(home: Path, profile: str) -> pd.DataFrame:
+    """One row per finished fine-tuning run of the main comparison (not the autoencoders, not
+    the studies): ``run, scenario, seed, best_epoch, epochs_run, val_dice_pooled, dice_pooled,
+    dice_per_image`` (test metrics of the best checkpoint)."""
+    rows = []
+    for m in sorted((home / "results" / profile).glob("*/metrics.json")):
+        d = json.loads(m.read_text())
+        if d.get("task") != "seg" or not re.fullmatch(rf"{re.escape(str(d.get('scenario')))}(-seed\d+)?",
+                                                      m.parent.name):
+            continue  # autoencoders, classifiers, and runs other than the comparison's
+        cfg = ((d.get("provenance") or {}).get("config") or {})
+        rows.append({"run": m.parent.name, "scenario": d["scenario"], "seed": cfg.get("seed"),
+                     "best_epoch": d.get("best_epoch"), "epochs_run": d.get("epochs_run"),
+                     "val_dice_pooled": (d.get("val") or {}).get("dice_pooled"),
+                     "dice_pooled": (d.get("test") or {}).get("dice_pooled"),
+                     "dice_per_image": (d.get("test") or {}).get("dice_per_image")})
+    return pd.DataFrame(rows)
 
 
 def _run_machine(home: Path, profile: str) -> tuple[dict[str, Any], str]:
@@ -99,8 +125,8 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
         for t in TABLES:
             if (figs / f"{t}.csv").exists():
                 shutil.copyfile(figs / f"{t}.csv", out / f"{t}.csv")
-        commits = _run_commits(home, profile)
-        stamp.update({"commits": commits, "profile": profile, "command": command or stamp.get("command", ""),
+        commits, hashes = _run_commits(home, profile)
+        stamp.update({"commits": commits, "results_code": hashes, "profile": profile, "command": command or stamp.get("command", ""),
                       "collected": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                       "machine": machine, "machine_from": machine_from})
         ct = []
@@ -113,6 +139,9 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
                                                                       "mse_identity_baseline", "n_images")}})
         if ct:
             runio.atomic_write_csv(out / "copy_through.csv", pd.DataFrame(ct))
+        runs = _main_runs(home, profile)
+        if not runs.empty:
+            runio.atomic_write_csv(out / "runs.csv", runs)
     if "figures" in what:
         for f in FIGURES:
             if (figs / f"{f}.png").exists():
@@ -169,6 +198,15 @@ def _name(r: pd.Series) -> str:
     return f"`{r['scenario']}`" + (f" ({stand.group(1)} stand-in)" if stand else "")
 
 
+def _over(df: pd.DataFrame) -> str:
+    """What the intervals of a Table 4 resample, in words (column ``training_variance``)."""
+    tv = df["training_variance"].astype(str) if "training_variance" in df else pd.Series(dtype=str)
+    if len(tv) and tv.str.startswith("resampled").all():
+        return "95 % bootstrap interval over training seeds and test images (two-level, docs/METHODS.md)"
+    return ("95 % bootstrap interval over test images only: with one training seed the training variance "
+            "is unmeasured, and these intervals do not rank the scenarios")
+
+
 def fmt_table4(df: pd.DataFrame) -> str:
     multi = "n_seeds" in df and (pd.to_numeric(df["n_seeds"], errors="coerce").fillna(0) > 1).any()
     head = ["scenario", "`dice_pooled` [95 % CI]", "±", *(["sd over seeds"] if multi else []), "`iou_pooled`",
@@ -185,31 +223,55 @@ def fmt_table4(df: pd.DataFrame) -> str:
         if not pd.isna(r0.get("n_test_images")) else "test images"
     seeds = f"; {int(r0['n_seeds'])} training seeds ({r0.get('seeds', '')}), mean over seeds" if multi else \
         "; one training seed"
-    return (f"{n}{seeds}; best checkpoint by validation loss. `[lo, hi]`: 95 % bootstrap interval over "
-            "test images; `±` its half-width.\n\n" + _md(head, rows))
+    return (f"{n}{seeds}; best checkpoint by validation loss. `[lo, hi]`: {_over(df)}; `±` its half-width.\n\n"
+            + _md(head, rows))
+
+
+def _verdicts(df: pd.DataFrame) -> pd.Series:
+    """Each pair's verdict (column ``verdict``, :func:`pneumolib.evaluation.uncertainty.verdict`)."""
+    if "verdict" not in df:
+        raise ValueError("this pairs.csv has no `verdict` column: it comes from an older rule (test images only); "
+                         "collect the run again")
+    return df["verdict"].astype(str)
 
 
 def fmt_pairs(df: pd.DataFrame) -> str:
-    """The pairs told apart and those not, as two short lists (pooled Dice, paired bootstrap)."""
+    """The pairs told apart and those not, as short lists (pooled Dice; the interval resamples
+    seeds and test images when both scenarios have several seeds)."""
     def item(r: pd.Series) -> str:
         return f"`{r['a']}` − `{r['b']}` = {_f(r['diff'])} [{_f(r['lo'])}, {_f(r['hi'])}]"
-    apart = df[df["told_apart"].astype(str).str.lower() == "true"]
-    rest = df[df["told_apart"].astype(str).str.lower() != "true"]
-    out = [f"Told apart ({len(apart)} of {len(df)} pairs; the 95 % interval of the difference in pooled "
-           "Dice excludes 0):", ""]
-    out += [f"- {item(r)}" for _, r in apart.iterrows()] or ["- none"]
-    out += ["", f"Not told apart ({len(rest)} of {len(df)}):", ""]
-    out += [f"- {item(r)}" for _, r in rest.iterrows()] or ["- none"]
-    return "\n".join(out) + "\n"
+    v = _verdicts(df)
+    out = []
+    for what, head in (("told apart", "Told apart ({k} of {n} pairs; the 95 % interval of the difference in pooled "
+                                      "Dice over training seeds and test images excludes 0):"),
+                       ("not told apart", "Not told apart ({k} of {n}; that interval includes 0):"),
+                       ("training variance unmeasured (1 seed)",
+                        "Not ranked ({k} of {n}): a scenario has one training seed, so the training variance is "
+                        "unmeasured; the interval shown resamples test images only:")):
+        sub = df[v == what]
+        if what != "told apart" and sub.empty:
+            continue
+        out += [head.format(k=len(sub), n=len(df)), ""]
+        out += [f"- {item(r)}" for _, r in sub.iterrows()] or ["- none"]
+        out += [""]
+    rest = df[~v.isin(["told apart", "not told apart", "training variance unmeasured (1 seed)"])]
+    if not rest.empty:
+        out += [f"Other ({len(rest)}):", ""] + [f"- {item(r)}: {v[i]}" for i, r in rest.iterrows()] + [""]
+    return "\n".join(out[:-1]) + "\n"
 
 
 def fmt_pairs_short(df: pd.DataFrame) -> str:
     """One paragraph for the README: how many pairs are told apart, and which are not."""
-    rest = df[df["told_apart"].astype(str).str.lower() != "true"]
-    names = ", ".join(f"`{r['a']}` / `{r['b']}`" for _, r in rest.iterrows()) or "none"
-    return (f"**{len(df) - len(rest)} of the {len(df)} pairs** of scenarios are told apart (the 95 % paired "
-            f"bootstrap interval of their difference in pooled Dice excludes 0); not told apart: {names} "
-            "([docs/RESULTS.md](docs/RESULTS.md)).\n")
+    v = _verdicts(df)
+    apart = df[v == "told apart"]
+    if (v == "training variance unmeasured (1 seed)").any():
+        return (f"With one training seed the training variance is unmeasured: none of the {len(df)} pairs is "
+                "ranked ([docs/RESULTS.md](docs/RESULTS.md)).\n")
+    names = ", ".join(f"`{r['a']}` > `{r['b']}`" if float(r["diff"]) > 0 else f"`{r['b']}` > `{r['a']}`"
+                      for _, r in apart.iterrows()) or "none"
+    return (f"**{len(apart)} of the {len(df)} pairs** of scenarios are told apart (the 95 % interval of their "
+            f"difference in pooled Dice, resampling training seeds and test images, excludes 0): {names}; "
+            f"the other {len(df) - len(apart)} are not ([docs/RESULTS.md](docs/RESULTS.md)).\n")
 
 
 def fmt_realism(df: pd.DataFrame) -> str:
@@ -282,6 +344,8 @@ def block(key: str, root: Path = SUMMARIES) -> str:
     folder = root / set_name
     if set_name in ("bench", "code"):
         return bench_blocks.block(name)
+    if set_name == "replication" or name == "separation":
+        return replication.block(key, root)
     if set_name == "real":
         return real_split.fmt(json.loads((folder / f"{name}.json").read_text()))
     if name == "stamp":
@@ -327,6 +391,15 @@ def check(documents: Sequence[str] = DOCUMENTS, base: Path = ROOT, root: Path = 
     return stale
 
 
+def stale_stamps(root: Path | None = None, repo: Path = ROOT) -> list[str]:
+    """Why each set's ``RUN.json`` no longer describes the code
+    (:func:`pneumolib.reporting.stamps.stale_reasons`), with the command that regenerates it."""
+    out = []
+    for run in sorted((root or SUMMARIES).glob("*/RUN.json")):
+        out += stamps.stale_reasons(run.parent.name, json.loads(run.read_text()), repo, repo / "pneumolib")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pneumolib.reporting.summaries", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -340,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("real", help="measure the paper protocol on the real annotation table into "
                                  "figures/readme/real/ (needs torchxrayvision)")
     sub.add_parser("render", help="rewrite the summary blocks of README.md and docs/")
-    sub.add_parser("check", help="exit 1 when a summary block differs from the summaries")
+    sub.add_parser("check", help="exit 1 when a summary block differs from the summaries, or a set's "
+                                  "stamp no longer describes the code")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
         out = collect(args.home, args.set_name, args.profile, args.command, args.label, args.what.split(","))
@@ -359,7 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale = check()
     for s in stale:
         print(f"stale: {s}")
-    return 1 if stale else 0
+    old = stale_stamps()
+    for s in old:
+        print(f"stale stamp: {s}")
+    return 1 if stale or old else 0
 
 
 if __name__ == "__main__":
