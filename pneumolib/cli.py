@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "kept_results.json and the report); interrupted ones resume under this code")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     rep.add_argument("--seeds", type=int, default=1, metavar="N",
-                     help="train every scenario with N seeds (the profile's seed, +1, ...); "
-                          "Table 4 then shows the mean over seeds (default: 1)")
+                     help="train every scenario with N seeds (the base seed, +1, ...; 5 or more to rank scenarios); "
+                          "Table 4 then shows the mean over seeds, intervals over seeds and test images (default: 1)")
     rep.add_argument("--studies", default="", metavar="NAME,...",
                      help="also run studies beyond the paper: leakage, image_level, pretext, "
                           "label_efficiency, or all (see README, 'Beyond the paper')")

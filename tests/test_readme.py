@@ -312,3 +312,26 @@ def test_real_split_summary_matches_the_table(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path))
     committed = json.loads((summaries.SUMMARIES / "real" / f"{real_split.NAME}.json").read_text())
     assert real_split.compute() == committed, "rerun `python -m pneumolib.reporting.summaries real`"
+
+
+def test_pair_summaries_rank_only_over_seeds_and_images():
+    """One seed: nothing is ranked and the page says why; several seeds: the told-apart pairs
+    are named with their direction; an old pairs table without verdicts is refused."""
+    one = pd.DataFrame({"a": ["x"], "b": ["y"], "diff": [0.1], "lo": [0.05], "hi": [0.15], "told_apart": [None],
+                        "verdict": ["training variance unmeasured (1 seed)"]})
+    assert "none of the 1 pairs is ranked" in summaries.fmt_pairs_short(one)
+    assert "Not ranked (1 of 1)" in summaries.fmt_pairs(one) and "Told apart (0 of 1" in summaries.fmt_pairs(one)
+    many = pd.DataFrame({"a": ["x", "x"], "b": ["y", "z"], "diff": [-0.1, 0.01], "lo": [-0.15, -0.02],
+                         "hi": [-0.05, 0.04], "verdict": ["told apart", "not told apart"]})
+    short = summaries.fmt_pairs_short(many)
+    assert "**1 of the 2 pairs**" in short and "`y` > `x`" in short and "resampling training seeds" in short
+    with pytest.raises(ValueError, match="no `verdict` column"):
+        summaries.fmt_pairs(many.drop(columns="verdict"))
+
+
+def test_ae_choice_summary_says_what_it_resampled():
+    df = pd.DataFrame({"scenario": ["ae_full", "ae_encoder"], "val_dice_pooled": [0.3, 0.35], "n_seeds": [5, 5],
+                       "share": [0.25, 0.75], "chosen": [False, True]})
+    text = summaries.fmt_ae_choice(df)
+    assert "`ae_encoder`" in text and "**75%**" in text and "training seeds and validation images" in text
+    assert "training variance unmeasured" in summaries.fmt_ae_choice(df.assign(n_seeds=1))

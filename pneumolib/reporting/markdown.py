@@ -80,7 +80,7 @@ def _training_variance_text(df: pd.DataFrame, pct: str) -> str:
     return (f"**Training variance unmeasured** for {which} (one seed, column `training_variance`): there the "
             f"{pct} interval covers the test images only and says nothing about a rerun with another seed or on "
             "another machine, which can move a scenario as much as the gaps between scenarios. Do not rank "
-            "scenarios on it; run `pneumo reproduce --seeds N` (N >= 3).")
+            "scenarios on it; run `pneumo reproduce --seeds N` (N >= 5).")
 
 
 def table4_markdown(df: pd.DataFrame, runs: Mapping[str, Any] | None = None,
@@ -224,5 +224,5 @@ def pairs_markdown(df: pd.DataFrame) -> str:
         note += ("**Training variance unmeasured** where a scenario has one seed (`verdict` says so, `told_apart` "
                  "is blank): a rerun with another seed, or on another machine, can move a scenario as much as "
                  "the gaps between scenarios, so those pairs are not ranked. Run `pneumo reproduce --seeds N` "
-                 "(N >= 3).\n\n")
+                 "(N >= 5).\n\n")
     return note + to_markdown(df) + "\n"

@@ -3,10 +3,10 @@
 Blocks of :mod:`pneumolib.reporting.summaries` that read two collected sets, or one set's
 pairs and Table 4 together:
 
-- ``replication/verdicts.<a>.<b>``: every pair's verdict in set ``a`` and in set ``b`` (e.g. the
+- ``replication/verdicts.<a>.<b>`` (``verdicts_short``: its first sentence): every pair's verdict in set ``a`` and in set ``b`` (e.g. the
   same seeds on another machine, or other seeds), and how many agree, flip sign, or change
   from told apart to not (:func:`agreement`).
-- ``replication/spread.<a>.<b>``: how far single runs (same scenario, same seed) and
+- ``replication/spread.<a>.<b>`` (``spread_short``: its first sentence): how far single runs (same scenario, same seed) and
   seed-means move from ``a`` to ``b`` (:func:`spread`; needs each set's ``runs.csv``).
 - ``<set>/separation``: for each pair not told apart, the seeds (at this test set) or test
   images that would make its interval exclude 0 **if the observed difference were the true
@@ -68,7 +68,7 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def fmt_agreement(df: pd.DataFrame, name_1: str, name_2: str) -> str:
+def fmt_agreement(df: pd.DataFrame, name_1: str, name_2: str, short: bool = False) -> str:
     n = len(df)
     counts = df["outcome"].value_counts()
     both = int(((df["verdict_1"] == "told apart") & (df["verdict_2"] == "told apart")
@@ -77,6 +77,8 @@ def fmt_agreement(df: pd.DataFrame, name_1: str, name_2: str) -> str:
             f"({both} told apart in both, with the same sign), **{int(counts.get('opposite sign', 0))} have the "
             f"opposite sign** with a told-apart verdict in one of them, and "
             f"{int(counts.get('told apart in one only', 0))} are told apart in one run only.\n\n")
+    if short:
+        return lead.replace(f"Of the {n} pairs", f"Of the {n} pairs of `{name_1}` and `{name_2}`").rstrip() + "\n"
 
     def cell(r: pd.Series, k: int) -> str:
         return f"{r[f'diff_{k}']:+.3f} [{r[f'lo_{k}']:.3f}, {r[f'hi_{k}']:.3f}] {r[f'verdict_{k}']}"
@@ -100,12 +102,14 @@ def spread(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fmt_spread(df: pd.DataFrame, name_1: str, name_2: str) -> str:
+def fmt_spread(df: pd.DataFrame, name_1: str, name_2: str, short: bool = False) -> str:
     lead = (f"Test pooled Dice of the same runs (scenario and seed) in `{name_1}` and `{name_2}`: the largest move "
             f"of a single run is **{df['max_abs_run'].max():.3f}**, the largest move of a scenario's seed-mean "
             f"**{df['seed_mean_move'].abs().max():.3f}**; the seed sd within one run set is "
             f"{df[['seed_sd_1', 'seed_sd_2']].min().min():.3f} to {df[['seed_sd_1', 'seed_sd_2']].max().max():.3f}."
             "\n\n")
+    if short:
+        return lead.rstrip() + "\n"
     rows = [[f"`{r['scenario']}`", int(r["seeds"]), f"{r['max_abs_run']:.3f}", f"{r['mean_abs_run']:.3f}",
              f"{r['seed_mean_move']:+.3f}", f"{r['seed_sd_1']:.3f}", f"{r['seed_sd_2']:.3f}"] for _, r in df.iterrows()]
     return lead + _md(["scenario", "seeds", "largest move of one run", "mean move of one run",
@@ -175,8 +179,10 @@ def block(key: str, root: Path) -> str:
         pairs = pd.read_csv(root / set_name / "pairs.csv")
         return fmt_separation(separation(pairs, n_seeds, n_images), n_seeds, n_images)
     kind, a, b = name.split(".")
-    if kind == "verdicts":
-        return fmt_agreement(agreement(pd.read_csv(root / a / "pairs.csv"), pd.read_csv(root / b / "pairs.csv")), a, b)
-    if kind == "spread":
-        return fmt_spread(spread(pd.read_csv(root / a / "runs.csv"), pd.read_csv(root / b / "runs.csv")), a, b)
-    raise KeyError(f"unknown replication block {key!r}: verdicts.<a>.<b> or spread.<a>.<b>")
+    short = kind.endswith("_short")
+    if kind.removesuffix("_short") == "verdicts":
+        return fmt_agreement(agreement(pd.read_csv(root / a / "pairs.csv"), pd.read_csv(root / b / "pairs.csv")), a, b,
+                             short)
+    if kind.removesuffix("_short") == "spread":
+        return fmt_spread(spread(pd.read_csv(root / a / "runs.csv"), pd.read_csv(root / b / "runs.csv")), a, b, short)
+    raise KeyError(f"unknown replication block {key!r}: (verdicts|spread)[_short].<a>.<b>")

@@ -48,7 +48,7 @@ SUMMARIES = ROOT / "figures" / "readme"
 DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/STUDIES.md", "docs/DATA.md", "docs/METHODS.md",
              "docs/BENCHMARKS.md")
 #: What collect copies from ``figures/<profile>/`` when present.
-TABLES = ("table4", "pairs", "realism", "leakage", "image_level", "pretext", "label_efficiency")
+TABLES = ("table4", "pairs", "ae_choice", "realism", "leakage", "image_level", "pretext", "label_efficiency")
 FIGURES = ("figure5", "figure6", "figure7", "label_efficiency", "realism")
 
 BLOCK = re.compile(r"(<!-- summary:(?P<key>[\w.-]+/[\w.-]+) -->\n)(?P<body>.*?)(<!-- /summary -->)", re.S)
@@ -101,7 +101,8 @@ def _run_machine(home: Path, profile: str) -> tuple[dict[str, Any], str]:
 
 
 def collect(home: Path | str, set_name: str, profile: str = "demo", command: str = "", label: str = "",
-            what: Sequence[str] = ("tables", "figures", "timing")) -> Path:
+            what: Sequence[str] = ("tables", "figures", "timing"), setup_seconds: float | None = None,
+            wall_seconds: float | None = None, timings_note: str = "") -> Path:
     """Copy the summaries of the run in ``home`` into ``figures/readme/<set_name>/``.
 
     Args:
@@ -110,6 +111,9 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
         label: name of this run's timing column (``timing-<label>.csv``; default: the date).
         what: ``tables`` (``figures/<profile>/*.csv`` of :data:`TABLES`), ``figures`` (PNG of
             :data:`FIGURES`), ``timing`` (seconds per notebook from the completion markers).
+        setup_seconds, wall_seconds: wall clock of ``./setup.sh`` and of ``pneumo reproduce``
+            as the caller read them (``scripts/time_fresh_clone.sh``), stored with the timing.
+        timings_note: how those wall clocks were read (shown under the timing table).
 
     Returns:
         The set's folder.
@@ -155,8 +159,12 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
             label = label or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
             df = pd.DataFrame(rows)
             runio.atomic_write_csv(out / f"timing-{label}.csv", df)
+            walls = {k: round(float(v), 1) for k, v in (("setup_seconds", setup_seconds),
+                                                        ("reproduce_wall_seconds", wall_seconds)) if v is not None}
             stamp.setdefault("timings", {})[label] = {"command": command, "notebooks_seconds": round(df["seconds"].sum(), 1),
-                                                      "machine": machine, "machine_from": machine_from}
+                                                      **walls, "machine": machine, "machine_from": machine_from}
+            if timings_note:
+                stamp["timings_note"] = timings_note
     runio.atomic_write_json(stamp_path, stamp)
     return out
 
@@ -274,6 +282,20 @@ def fmt_pairs_short(df: pd.DataFrame) -> str:
             f"the other {len(df) - len(apart)} are not ([docs/RESULTS.md](docs/RESULTS.md)).\n")
 
 
+def fmt_ae_choice(df: pd.DataFrame) -> str:
+    """Figure 7's autoencoder scenario, chosen on validation, and how often resamples (of seeds
+    and validation images, or of the images alone with one seed) choose it again."""
+    chosen = df[df["chosen"].astype(str).str.lower() == "true"].iloc[0]
+    over = ("training seeds and validation images" if int(chosen["n_seeds"]) > 1
+            else "validation images only (one seed: training variance unmeasured)")
+    lead = (f"Figure 7's autoencoder scenario is `{chosen['scenario']}`, chosen on validation pooled Dice (mean "
+            f"over seeds); resampling {over}, it is chosen again in **{float(chosen['share']):.0%}** of the "
+            "bootstrap resamples.\n\n")
+    rows = [[f"`{r['scenario']}`", _f(r["val_dice_pooled"]), str(int(r["n_seeds"])), f"{float(r['share']):.0%}"]
+            for _, r in df.iterrows()]
+    return lead + _md(["autoencoder scenario", "validation `dice_pooled`", "seeds", "chosen in"], rows)
+
+
 def fmt_realism(df: pd.DataFrame) -> str:
     return _md(["", "real SIIM-ACR (train annotations)", "phantom"],
                [[str(r["quantity"]), "" if pd.isna(r["real"]) else str(r["real"]),
@@ -331,7 +353,7 @@ def fmt_label_efficiency(df: pd.DataFrame) -> str:
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
-    "table4": fmt_table4, "pairs": fmt_pairs, "pairs_short": fmt_pairs_short, "realism": fmt_realism,
+    "table4": fmt_table4, "pairs": fmt_pairs, "ae_choice": fmt_ae_choice, "pairs_short": fmt_pairs_short, "realism": fmt_realism,
     "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage,
     "image_level": fmt_image_level,
     "pretext": fmt_pretext, "label_efficiency": fmt_label_efficiency,
@@ -410,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--command", default="")
     c.add_argument("--label", default="")
     c.add_argument("--what", default="tables,figures,timing")
+    c.add_argument("--setup-seconds", type=float, default=None, help="wall clock of ./setup.sh before the run")
+    c.add_argument("--wall-seconds", type=float, default=None, help="wall clock of the run's pneumo reproduce")
+    c.add_argument("--timings-note", default="", help="how the wall clocks were read")
     sub.add_parser("real", help="measure the paper protocol on the real annotation table into "
                                  "figures/readme/real/ (needs torchxrayvision)")
     sub.add_parser("render", help="rewrite the summary blocks of README.md and docs/")
@@ -417,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "stamp no longer describes the code")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
-        out = collect(args.home, args.set_name, args.profile, args.command, args.label, args.what.split(","))
+        out = collect(args.home, args.set_name, args.profile, args.command, args.label, args.what.split(","),
+                      args.setup_seconds, args.wall_seconds, args.timings_note)
         print(f"collected into {out}")
         return 0
     if args.cmd == "real":
