@@ -8,7 +8,7 @@ pairs and Table 4 together:
   from told apart to not (:func:`agreement`).
 - ``replication/spread.<a>.<b>`` (``spread_short``: its first sentence): how far single runs (same scenario, same seed) and
   seed-means move from ``a`` to ``b`` (:func:`spread`; needs each set's ``runs.csv``).
-- ``<set>/separation``: for each pair not told apart, the seeds (at this test set) or test
+- ``<set>/separation`` (``separation_short``: one sentence): for each pair not told apart, the seeds (at this test set) or test
   images that would make its interval exclude 0 **if the observed difference were the true
   one** (:func:`separation`), an optimistic planning figure, not a promise.
 
@@ -143,9 +143,15 @@ def separation(pairs: pd.DataFrame, n_seeds: int, n_images: int) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def fmt_separation(df: pd.DataFrame, n_seeds: int, n_images: int) -> str:
+def fmt_separation(df: pd.DataFrame, n_seeds: int, n_images: int, short: bool = False) -> str:
     if df.empty:
         return "Every pair is told apart.\n"
+    if short:
+        few = int((df["seeds_needed"] <= 10).sum())
+        never = int(df["seeds_needed"].isna().sum())
+        return (f"Of the {len(df)} pairs not told apart, {few} would be separated by at most 10 seeds and {never} by "
+                f"no number of seeds at these {n_images} test images, if their observed differences were the true "
+                "ones (an optimistic projection, [docs/RESULTS.md](docs/RESULTS.md)).\n")
 
     def seeds(v: float) -> str:
         if math.isnan(v):
@@ -171,13 +177,13 @@ def fmt_separation(df: pd.DataFrame, n_seeds: int, n_images: int) -> str:
 
 
 def block(key: str, root: Path) -> str:
-    """The Markdown of ``replication/<kind>.<a>.<b>`` or ``<set>/separation``."""
+    """The Markdown of ``replication/<kind>.<a>.<b>`` or ``<set>/separation[_short]``."""
     set_name, name = key.split("/", 1)
     if set_name != "replication":
         t4 = pd.read_csv(root / set_name / "table4.csv")
         n_seeds, n_images = int(t4["n_seeds"].min()), int(t4["n_test_images"].iloc[0])
         pairs = pd.read_csv(root / set_name / "pairs.csv")
-        return fmt_separation(separation(pairs, n_seeds, n_images), n_seeds, n_images)
+        return fmt_separation(separation(pairs, n_seeds, n_images), n_seeds, n_images, name == "separation_short")
     kind, a, b = name.split(".")
     short = kind.endswith("_short")
     if kind.removesuffix("_short") == "verdicts":

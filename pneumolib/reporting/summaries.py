@@ -366,7 +366,7 @@ def block(key: str, root: Path = SUMMARIES) -> str:
     folder = root / set_name
     if set_name in ("bench", "code"):
         return bench_blocks.block(name)
-    if set_name == "replication" or name == "separation":
+    if set_name == "replication" or name in ("separation", "separation_short"):
         return replication.block(key, root)
     if set_name == "real":
         return real_split.fmt(json.loads((folder / f"{name}.json").read_text()))
