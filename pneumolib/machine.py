@@ -225,8 +225,9 @@ def onednn_isa(probe: bool = True, timeout: float = PROBE_TIMEOUT_S) -> dict[str
     """``{"onednn_isa", "onednn_isa_text", "onednn_isa_method", "onednn_max_cpu_isa"}``.
 
     With ``probe`` the first call per process (and per ``ONEDNN_MAX_CPU_ISA`` value) runs
-    the subprocess probe (about 2 s, at most ``timeout``); later calls are free. Without it,
-    or when the probe fails, the ISA is inferred from the CPU flags and the limit.
+    the subprocess probe (it starts Python and imports torch; at most ``timeout``); later
+    calls are free. Without it, or when the probe fails, the ISA is inferred from the CPU
+    flags and the limit.
     """
     var, value = _env_cap()
     base = {"onednn_max_cpu_isa": f"{var}={value}" if var else None}
@@ -285,9 +286,10 @@ def _cudnn() -> int | None:
 def machine_info(probe: bool = True) -> dict[str, Any]:
     """Every fact about this machine and process that decides which kernels compute a number.
 
-    JSON-serialisable; never raises (a fact that cannot be had is None). Costs a few ms,
-    plus one oneDNN probe subprocess (about 2 s, at most ``PROBE_TIMEOUT_S``) on the first
-    call per process when ``probe`` (see :func:`onednn_isa`).
+    JSON-serialisable; never raises (a fact that cannot be had is None). Reads what the OS
+    and the libraries report, plus one oneDNN probe subprocess (it starts Python and imports
+    torch; at most ``PROBE_TIMEOUT_S``) on the first call per process when ``probe`` (see
+    :func:`onednn_isa`).
     """
     cpuinfo = _safe(_cpuinfo, {})
     caps = _safe(_torch_caps, {})

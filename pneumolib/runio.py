@@ -189,8 +189,9 @@ def device_info() -> dict[str, Any]:
 
 def machine_facts() -> dict[str, Any]:
     """:func:`pneumolib.machine.machine_info` (CPU model, the ISA oneDNN and ATen use, torch /
-    oneDNN / MKL versions, threads, GPUs). Its oneDNN probe (a subprocess of about 2 s) runs
-    once per machine, build and ISA setting: the answer is kept in the cache folder."""
+    oneDNN / MKL versions, threads, GPUs). Its oneDNN probe (a subprocess that starts Python
+    and imports torch) runs once per machine, build and ISA setting: the answer is kept in
+    the cache folder."""
     import hashlib
 
     from pneumolib.machine import machine_info

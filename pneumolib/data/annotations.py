@@ -1,12 +1,13 @@
 """The real SIIM-ACR train annotations, on every machine: statistics without the images.
 
 The ``torchxrayvision`` wheel ships the competition's ``train-rle.csv`` as
-``torchxrayvision/data/siim-pneumothorax-train-rle.csv.gz`` (12,954 rows, columns
-``ImageId`` and `` EncodedPixels`` with a leading space; ``-1`` is an empty mask; an image
-with several rows has the UNION of them as its mask; RLE semantics in docs DATA.md
-section 3). The images cannot be downloaded here, but the masks are all in that table, so
-the real mask areas and where the masks lie can be measured anywhere. The file is located
-without importing torchxrayvision (slow, pulls scikit-image).
+``torchxrayvision/data/siim-pneumothorax-train-rle.csv.gz`` (its row count is
+:func:`summary`'s ``rows``; columns ``ImageId`` and `` EncodedPixels`` with a leading
+space; ``-1`` is an empty mask; an image with several rows has the UNION of them as its
+mask; RLE semantics in docs DATA.md section 3). The images cannot be downloaded here, but
+the masks are all in that table, so the real mask areas and where the masks lie can be
+measured anywhere. The file is located without importing torchxrayvision (slow, pulls
+scikit-image).
 
 Everything is computed at the native 1024 x 1024 from the runs themselves
 (:func:`pneumolib.data.rle.runs`), without building a 1024^2 array per image: the union of an
@@ -59,8 +60,8 @@ STATS_VERSION = 1
 QUANTILES = {"min": 0.0, "p05": 0.05, "p10": 0.10, "median": 0.5, "max": 1.0}
 #: numpy's quantile method for them: the empirical distribution's own quantile (the smallest
 #: observed area with at least that share of positives at or below it), so every quantile is
-#: a real mask's area. DATA.md's 1,362 / 2,001 are these; numpy's default "linear" would
-#: interpolate between neighbours (1,363.6 / 2,005.8).
+#: a real mask's area. DATA.md's 5th and 10th percentiles are these; numpy's default
+#: "linear" would interpolate between neighbours and give areas no mask has.
 QUANTILE_METHOD = "inverted_cdf"
 
 
@@ -98,7 +99,7 @@ def read_table(path: str | os.PathLike | None = None) -> pd.DataFrame:
 
     Returns:
         DataFrame with columns ``image_id`` (str) and ``rle`` (str, stripped; ``"-1"`` for
-        an empty mask), in file order (12,954 rows for the real table).
+        an empty mask), in file order (:func:`summary`'s ``rows`` counts them).
 
     Raises:
         DataError: unreadable file or missing columns.
@@ -324,15 +325,16 @@ _COLUMNS = ("image_id", "n_rows", "n_annotations", "has_pneumo", "area_px", "ove
 
 
 def per_image(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per image of the table (12,047 for the real one).
+    """One row per image of the table (:func:`summary`'s ``images`` counts them).
 
     Columns: ``image_id``; ``n_rows`` (rows in the table, >= 1); ``n_annotations`` (rows
-    that are not ``-1``: 0 for a negative, 1 to 10 for the real positives);
-    ``has_pneumo`` (bool); ``area_px`` (pixels of the union mask at 1024 x 1024, 0 for a
-    negative, up to 161,421 in the real table); ``overlap_px`` (pixels covered by more
-    than one annotation, counted with multiplicity minus one) and ``overlap`` (bool);
-    ``area_frac`` (``area_px / 1024**2``, in [0, 1]). The 64 x 64 coverage of each positive
-    is in ``stats(path).coverage``.
+    that are not ``-1``: 0 for a negative, 1 or more for a positive, at most
+    :func:`summary`'s ``max_annotations``); ``has_pneumo`` (bool); ``area_px`` (pixels of
+    the union mask at 1024 x 1024, 0 for a negative, at most :func:`summary`'s
+    ``area_px["max"]``); ``overlap_px`` (pixels covered by more than one annotation,
+    counted with multiplicity minus one) and ``overlap`` (bool); ``area_frac``
+    (``area_px / 1024**2``, in [0, 1]). The 64 x 64 coverage of each positive is in
+    ``stats(path).coverage``.
     """
     return stats(path).images
 

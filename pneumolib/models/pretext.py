@@ -25,8 +25,7 @@ Departures, for speed on whole batches (on the GPU in training): shuffling windo
 fixed grid of one power-of-two size per call (about 1/16 of the side, 2-32 px) instead of
 10,000 random rectangles, and each chosen window is permuted by one of 256 random
 permutations drawn per call; in/out-painting follow Models Genesis's box sizes and counts,
-but all randomness is drawn as tensors (no Python loop over images). Cost on one busy CPU
-core: about 10 ms for 32 images at 64 px, about 0.4 s at 512 px.
+but all randomness is drawn as tensors (no Python loop over images).
 
 **Value range.** The transforms work on each image rescaled to [0, 1] by its own minimum
 and maximum; the result is mapped back with the inverse of that affine map. So any
@@ -65,8 +64,8 @@ GENESIS_DEFAULTS: dict[str, float] = {
     "invert_prob": 0.5,
     "paint_prob": 0.9,
     "inpaint_prob": 0.2,
-    # share of the shuffling windows whose pixels are permuted: Models Genesis's 10,000
-    # random blocks cover about 80 % of a 64^3 volume
+    # share of the shuffling windows whose pixels are permuted: this implementation's
+    # stand-in for the share of a 64^3 volume that Models Genesis's 10,000 random blocks cover
     "shuffle_frac": 0.8,
 }
 
@@ -182,7 +181,7 @@ def local_shuffle(x01: torch.Tensor, generator: GeneratorLike = None, apply: tor
         tiles = x.reshape(b, nh, win, nw, win).permute(0, 1, 3, 2, 4).reshape(b, n_win, area)
         # a bank of random permutations (argsort of one row of keys each) plus the identity
         # last; each tile picks one, or the identity when it is not chosen. Sorting keys for
-        # every tile instead costs seconds per batch at 512 px on one CPU core.
+        # every tile instead would cost one sort per tile of every image.
         n_bank = min(_PERM_BANK, b * n_win)
         bank = torch.cat([rng.rand(n_bank, area).argsort(dim=-1),
                           torch.arange(area, device=x.device)[None]])

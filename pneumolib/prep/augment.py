@@ -5,7 +5,8 @@ Images are 2-D grayscale arrays: ``float32`` in [0, 1] or ``uint8`` in [0, 255];
 
 The paper rotated positives by a random +/-3..7 degrees "in both directions" with black
 fill, flipped them horizontally, resized 1024 -> 512 and normalised with the training
-set's global mean and standard deviation (0.4828 / 0.2488 on SIIM-ACR).
+set's global mean and standard deviation (the paper reports 0.4828 / 0.2488 for SIIM-ACR:
+:data:`pneumolib.reporting.eda.PAPER_MEAN` / ``PAPER_STD``).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def normalization_stats(
             15,000 x 512 x 512 set needs no RAM beyond one chunk) or an iterable of arrays
             of any shape (single images or stacks). ``uint8`` values are divided by 255;
             floats are taken as already in [0, 1].
-        chunk_pixels: pixels read per step (8 Mi by default, ~64 MB of temporaries).
+        chunk_pixels: pixels read per step (8 Mi by default: 64 MiB once a float chunk is
+            converted to float64).
 
     Returns:
         ``(mean, std)`` as Python floats; the population standard deviation (ddof=0), as

@@ -1,8 +1,9 @@
 """Resized uint8 memory-mapped arrays of a Source, built once and rebuilt when it changes.
 
-Decoding a 1024 x 1024 PNG or JPEG-DICOM and resizing it costs milliseconds; reading a
-512 x 512 uint8 slice of a memory map costs microseconds. So every source image and mask
-is decoded and resized exactly once (:func:`build_cache`) into
+Decoding a 1024 x 1024 PNG or JPEG-DICOM and resizing it is far slower than reading a
+512 x 512 uint8 slice of a memory map (``benchmarks/bench_data.py`` times a loader that
+decodes PNGs each step against the cached one: docs/BENCHMARKS.md). So every source image
+and mask is decoded and resized exactly once (:func:`build_cache`) into
 
     <cache_dir>/arrays/<root name>-<size>px-<hash of root and size>/
         images.u8   (N, S, S) uint8, 0..255   raw C-order memmap

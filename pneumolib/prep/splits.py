@@ -17,7 +17,8 @@ items (original, horizontal flip, one rotation of +/-U(3, 7) degrees), then all 
 shuffled and split, stratified by class, into test (``test_frac``) and the rest, and the
 rest into validation (``val_frac``) and train. A flipped or rotated copy of a test image
 thus usually sits in train: :func:`leakage` counts it. On SIIM-ACR (2,669 positives of
-12,047) this gives 17,385 items and a test split of 1,952, as in the paper's Table 2.
+12,047 in the paper's Table 1) this gives 12,047 + 2 x 2,669 = 17,385 items and a test
+split of 1,952, as in the paper's Table 2.
 
 ``clean`` (the default): the source images are split first (same fractions, stratified),
 then only the training positives are augmented; validation and test hold originals only.

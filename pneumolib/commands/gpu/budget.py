@@ -365,8 +365,8 @@ def project_paper(rate_train: dict[str, float], rate_eval: dict[str, float], wor
         "assumed": "every run goes all epochs (no early stop: an upper bound); frozen-encoder runs cost as much "
                    "as full ones (an upper bound); the autoencoders cost as much as segmentation; the U-Net's "
                    "end-to-end factor holds for the ResNet-50 run too; device counts not measured scale as given; "
-                   "checkpoint writes between epochs (about 0.5 GB per checkpoint for the U-Net with Adam state) "
-                   "are not counted",
+                   "checkpoint writes between epochs (weights plus Adam's two moments: three times the model's "
+                   "size each) are not counted",
     }
 
 
@@ -377,11 +377,11 @@ def choose_epoch_images(rate_train: float | None, rate_eval: float | None, allot
     """The largest phantom size (at most ``max_images``) whose ``epochs`` short
     ``paper``-profile epochs fit ``allot_s`` seconds.
 
-    A phantom image becomes ~1.44 items under the paper protocol (22 % positives, each also
-    flipped and rotated), ~80 % of them trained on and ~20 % evaluated; ``epoch_overhead_s``
-    is each epoch's fixed cost (evaluation start-up, workers) and ``fixed_s`` any other fixed
-    cost inside ``allot_s`` (the GPU check gives writing the phantom and the start-up shares
-    of their own, so it passes 0)."""
+    A phantom image becomes 1 + 2 x 0.22 = 1.44 items under the paper protocol (22 %
+    positives, each also flipped and rotated), ~80 % of them trained on and ~20 % evaluated;
+    ``epoch_overhead_s`` is each epoch's fixed cost (evaluation start-up, workers) and
+    ``fixed_s`` any other fixed cost inside ``allot_s`` (the GPU check gives writing the
+    phantom and the start-up shares of their own, so it passes 0)."""
     rt = rate_train or 100.0
     re_ = rate_eval or 3 * rt
     scale = max(1, devices) * ASSUMED_DDP_EFFICIENCY if devices > 1 else 1.0

@@ -1,7 +1,8 @@
 """The patient: sampled geometry of the chest and the density layers drawn from it.
 
-Densities are additive, in arbitrary units where soft tissue is about 0.8 and an aerated
-lung removes about 0.45 (bright = dense, as on a radiograph). Geometry is normalised
+Densities are additive, in arbitrary units set by the constants of :func:`coarse_density`
+(soft tissue's density grows with the body's thickness) and :func:`sample_patient` (the
+``air`` an aerated lung removes); bright = dense, as on a radiograph. Geometry is normalised
 (``x, y`` in [0, 1], y down). The two lungs are built by one routine in a mirrored local
 frame ``(u, y)`` with ``u`` the lateral distance from the midline; ``side = -1`` is the
 image's left half (the patient's right lung), ``side = +1`` the image's right half.
@@ -51,7 +52,8 @@ class Patient:
 
 
 def sample_patient(rng: np.random.Generator) -> Patient:
-    """Draw one patient's geometry (AP portable films are about 40 % of the set)."""
+    """Draw one patient's geometry (AP portable or PA, with the probability of the ``ap``
+    draw below)."""
     ap = rng.random() < 0.4
     hw = rng.uniform(0.31, 0.37) * (1.02 if ap else 1.0)
     y_top = rng.uniform(0.10, 0.17) + (0.02 if ap else 0.0)

@@ -126,7 +126,7 @@ def _noise_tile(size: int) -> np.ndarray:
     """A fixed (2S, 2S) tile of slightly correlated unit noise, generated once per process.
 
     Each image takes a window of it at a random offset: as good as fresh noise for the
-    task, and several times cheaper than drawing S*S normals per image.
+    task, and far cheaper than drawing S*S normals per image.
     """
     n = np.random.default_rng(20240611).standard_normal((2 * size, 2 * size), dtype=np.float32)
     n = 0.7 * n + 0.9 * draw.blur(n, 0.8 * size / 512)

@@ -30,7 +30,9 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_QUALITY = 95
 APPLE_DOUBLE_MAGIC = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 
-#: SIIM-ACR: 624 of 2,669 positive images carry 2 to 10 annotations, 183 of those overlap
+#: SIIM-ACR's share of positive images with 2 or more annotations, and the share of those
+#: whose annotations overlap: ``multi_annotation / positives`` and ``overlapping /
+#: multi_annotation`` of :func:`pneumolib.data.annotations.summary`
 MULTI_FRAC = 624 / 2669
 OVERLAP_FRAC = 183 / 624
 #: annotations per multi-annotation image, and their weights (mostly two)
@@ -181,8 +183,9 @@ def split_annotations(mask: np.ndarray, pieces: int, overlap: bool) -> list[np.n
     The foreground pixels are ordered along the mask's principal axis (a crescent: from one
     end to the other) and cut into ``pieces`` runs of equal pixel count. With ``overlap``
     each piece also takes the first quarter of the next one's pixels, so neighbours share
-    pixels (as 183 of SIIM's multi-annotation images do). A mask with fewer pixels than
-    ``pieces`` gives fewer pieces (one pixel each; a single one is the mask itself).
+    pixels (as some of SIIM's multi-annotation images do: :data:`OVERLAP_FRAC`). A mask with
+    fewer pixels than ``pieces`` gives fewer pieces (one pixel each; a single one is the
+    mask itself).
     """
     mask = np.asarray(mask, bool)
     rows, cols = np.nonzero(mask)

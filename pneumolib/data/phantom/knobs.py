@@ -27,15 +27,19 @@ from dataclasses import dataclass
 #: on the patient's right, basal crescents; the lung collapses along rays to a point).
 VERSION = 2
 
-#: Share of positives of the real SIIM-ACR data (2,669 of 12,047).
+#: Share of positive images in SIIM-ACR, rounded: 2,669 of 12,047 in the paper's Table 1
+#: (:data:`pneumolib.reporting.eda.PAPER_TABLE1`); the real table's own count is
+#: ``pneumolib.data.annotations.summary()["prevalence"]``.
 PREVALENCE = 0.22
 
 # -- pneumothorax size: lognormal area as a fraction of the image (DATA.md section 1) ------
-#: median 8,630 px of 1024^2
+# The real quantiles these are fitted to come from pneumolib.data.annotations.summary()
+# ("area_px", pixels at 1024^2); the phantom's against them: docs/DATA.md, demo/realism.
+#: the real positives' median area, in pixels of 1024^2
 AREA_MEDIAN = 8630 / 1024**2
-#: log-space spread: puts the 5th percentile at ~1,360 px and the 10th at ~2,000 px
+#: log-space spread: chosen so the lognormal's 5th and 10th percentiles sit near the real ones
 AREA_SIGMA = 1.12
-#: clip range: the real minimum (55 px) and maximum (161,421 px) at 1024^2
+#: clip range: the real minimum and maximum areas, in pixels of 1024^2
 AREA_MIN = 55 / 1024**2
 AREA_MAX = 161421 / 1024**2
 
@@ -68,7 +72,8 @@ BASAL_RANGE = (-0.1, 0.4)
 #: extra air in the crescent, as a fraction of the lung's own air (darker than the lung)
 PTX_DARKEN = 0.55
 PTX_DARKEN_DECAY = 1.2
-#: density of the visceral pleural line (a lung field is about 0.45 darker than soft tissue)
+#: density of the visceral pleural line (same units as the lung's ``air``, see
+#: :mod:`.anatomy`)
 PLEURA_LINE = 0.16
 PLEURA_DECAY = 1.0
 #: per-image spread of both (multiplied by a uniform draw in this range)

@@ -16,9 +16,10 @@ crescent: ``knobs.PTX_PLACES``), the stretch's length (longer for larger areas, 
 and deeper for apical caps) and its position, and ``w_max`` is adjusted until the mask's
 pixel area matches (a stretch too short to hold the area is lengthened). These placement
 knobs were calibrated against the real SIIM-ACR masks' location heat map
-(:func:`pneumolib.reporting.realism.compare_phantom`). One lung holds at most about 10 % of the
-image, so the rare draws above that (about 2 % of positives; SIIM's largest is 15 %) come
-out as a near-total collapse of about 10 %.
+(:func:`pneumolib.reporting.realism.compare_phantom`). One lung holds only part of the
+image, so the rare draws larger than a lung can hold come out as a near-total collapse of
+that lung; the largest areas the phantom reaches, next to SIIM-ACR's, are in the realism
+comparison (docs/DATA.md, block ``demo/realism``).
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@
       PHANTOM.json
 
 with the real table's quirks: the header ``ImageId, EncodedPixels`` and every value carry
-a leading space, empty masks are ``-1``, and about 23 % of the positive images have 2 to 4
-rows whose union is the mask (about 29 % of those overlap; see
+a leading space, empty masks are ``-1``, and a share of the positive images
+(:data:`~pneumolib.data.phantom.dicom.MULTI_FRAC`, SIIM-ACR's) have 2 to 4 rows whose union
+is the mask (a share :data:`~pneumolib.data.phantom.dicom.OVERLAP_FRAC` of those overlap; see
 :func:`pneumolib.data.phantom.dicom.annotation_plan`). ``junk=N`` adds N macOS ``._<ImageId>.dcm``
 files beside the DICOMs. Every image goes to ``dicom-images-train`` (the layout has no
 labelled test folder), so the plan's train/test split is not kept; labels are.
@@ -48,7 +49,8 @@ from . import dicom, jobs, knobs
 MARKER = "PHANTOM.json"
 LAYOUTS = ("siim-png", "siim-dicom")
 CSV_COLUMNS = ("new_filename", "ImageId", "has_pneumo")
-#: the layout's train/test proportion: 10,675 / 1,372 rows
+#: the real ``siim-png`` download's test share: the rows of its ``stage_1_test_images.csv``
+#: over the rows of both CSVs
 TEST_FRAC = 1372 / (10675 + 1372)
 _UID_ROOT = "1.2.276.0.7230010.3.1.4.8323329"   # the SIIM ImageIds' common prefix
 
