@@ -3,14 +3,16 @@
 Blocks of :mod:`pneumolib.reporting.summaries` that read two collected sets, or one set's
 pairs and Table 4 together:
 
-- ``replication/verdicts.<a>.<b>`` (``verdicts_short``: its first sentence): every pair's verdict in set ``a`` and in set ``b`` (e.g. the
-  same seeds on another machine, or other seeds), and how many agree, flip sign, or change
-  from told apart to not (:func:`agreement`).
-- ``replication/spread.<a>.<b>`` (``spread_short``: its first sentence): how far single runs (same scenario, same seed) and
-  seed-means move from ``a`` to ``b`` (:func:`spread`; needs each set's ``runs.csv``).
-- ``<set>/separation`` (``separation_short``: one sentence): for each pair not told apart, the seeds (at this test set) or test
-  images that would make its interval exclude 0 **if the observed difference were the true
-  one** (:func:`separation`), an optimistic planning figure, not a promise.
+- ``replication/verdicts.<a>.<b>`` (``verdicts_short``: its first sentence): every pair's
+  verdict in set ``a`` and in set ``b`` (e.g. the same seeds on another machine, or other
+  seeds), and how many agree, flip sign, or change from told apart to not (:func:`agreement`).
+- ``replication/spread.<a>.<b>`` (``spread_short``: its first sentence): how far single runs
+  (same scenario, same seed) and seed-means move from ``a`` to ``b`` (:func:`spread`; needs
+  each set's ``runs.csv``).
+- ``<set>/separation`` (``separation_short``: one sentence): for each pair not told apart, the
+  seeds (at this test set) or test images that would make its interval exclude 0 **if the
+  observed difference were the true one** (:func:`separation`), an optimistic planning
+  figure, not a promise.
 
 The projection keeps the measured interval's two parts apart: the images-only interval
 (``lo_images``/``hi_images``) gives the test-image part, and what the seed-and-image interval

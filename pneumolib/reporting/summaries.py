@@ -130,7 +130,8 @@ def collect(home: Path | str, set_name: str, profile: str = "demo", command: str
             if (figs / f"{t}.csv").exists():
                 shutil.copyfile(figs / f"{t}.csv", out / f"{t}.csv")
         commits, hashes = _run_commits(home, profile)
-        stamp.update({"commits": commits, "results_code": hashes, "profile": profile, "command": command or stamp.get("command", ""),
+        stamp.update({"commits": commits, "results_code": hashes, "profile": profile,
+                      "command": command or stamp.get("command", ""),
                       "collected": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                       "machine": machine, "machine_from": machine_from})
         ct = []
@@ -353,7 +354,8 @@ def fmt_label_efficiency(df: pd.DataFrame) -> str:
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
-    "table4": fmt_table4, "pairs": fmt_pairs, "ae_choice": fmt_ae_choice, "pairs_short": fmt_pairs_short, "realism": fmt_realism,
+    "table4": fmt_table4, "pairs": fmt_pairs, "ae_choice": fmt_ae_choice, "pairs_short": fmt_pairs_short,
+    "realism": fmt_realism,
     "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage,
     "image_level": fmt_image_level,
     "pretext": fmt_pretext, "label_efficiency": fmt_label_efficiency,
