@@ -100,6 +100,11 @@ def test_a_stamp_goes_stale_on_a_made_up_commit_and_on_a_results_path_change(cod
     assert "pneumo reproduce --seeds 5" in why and "summaries collect --home /tmp/s --set s" in why
     git("commit", "-qam", "results path")
     assert stamps.stale_reasons("s", stamp, repo, pkg)
+    # the command keeps the environment the run was made under; timed sets rerun the timing script
+    assert stamps.regenerate_command("a", {"command": "ONEDNN_MAX_CPU_ISA=AVX2 pneumo reproduce --seeds 5"}) \
+        .startswith("ONEDNN_MAX_CPU_ISA=AVX2 PNEUMO_HOME=/tmp/a .venv/bin/pneumo reproduce --seeds 5 && ")
+    assert stamps.regenerate_command("d", {"timings": {"1": {"setup_seconds": 1}, "2": {"setup_seconds": 1}}}) \
+        .startswith("scripts/time_fresh_clone.sh 1 d && scripts/time_fresh_clone.sh 2 d && ")
     # the hash of a past commit's files is the hash the runs recorded
     assert runio.sources_hash(stamps.results_sources_at("HEAD", repo)) == \
         runio.sources_hash(stamps.results_sources_now(pkg))

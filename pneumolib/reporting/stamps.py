@@ -120,12 +120,20 @@ def results_sources_now(package_dir: Path) -> dict[str, str]:
 
 
 def regenerate_command(set_name: str, stamp: dict[str, Any]) -> str:
-    """The commands that make a set's summaries again: its run, then collect and render."""
+    """The commands that make a set's summaries again: its run (with the environment settings
+    its recorded command starts with), then collect and render."""
     cmd = stamp.get("command") or "pneumo reproduce"
-    run = cmd.removeprefix("./setup.sh && ").removeprefix(".venv/bin/")
-    return (f"PNEUMO_HOME=/tmp/{set_name} .venv/bin/{run} && .venv/bin/python -m pneumolib.reporting.summaries "
-            f"collect --home /tmp/{set_name} --set {set_name} --profile {stamp.get('profile', 'demo')} "
-            f"--command \"{cmd}\" && .venv/bin/python -m pneumolib.reporting.summaries render")
+    timed = sorted(k for k, t in (stamp.get("timings") or {}).items() if "setup_seconds" in t)
+    if timed:  # timed from fresh clones
+        return " && ".join([*(f"scripts/time_fresh_clone.sh {k} {set_name}" for k in timed),
+                            ".venv/bin/python -m pneumolib.reporting.summaries render"])
+    words = cmd.removeprefix("./setup.sh && ").split()
+    env = [w for w in words[:next((i for i, w in enumerate(words) if "=" not in w), len(words))]]
+    run = " ".join(words[len(env):]).removeprefix(".venv/bin/")
+    return (f"{' '.join([*env, f'PNEUMO_HOME=/tmp/{set_name}'])} .venv/bin/{run} && .venv/bin/python -m "
+            f"pneumolib.reporting.summaries collect --home /tmp/{set_name} --set {set_name} --profile "
+            f"{stamp.get('profile', 'demo')} --command \"{cmd}\" && .venv/bin/python -m pneumolib.reporting.summaries "
+            "render")
 
 
 def stale_reasons(set_name: str, stamp: dict[str, Any], repo: Path, package_dir: Path) -> list[str]:
