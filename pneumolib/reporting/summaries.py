@@ -236,6 +236,18 @@ def fmt_table4(df: pd.DataFrame) -> str:
             + _md(head, rows))
 
 
+def fmt_table4_short(df: pd.DataFrame) -> str:
+    """Table 4 for the README: pooled Dice with its interval and seed sd, beside the paper's."""
+    multi = "n_seeds" in df and (pd.to_numeric(df["n_seeds"], errors="coerce").fillna(0) > 1).any()
+    rows = [[_name(r), _ci(r, "dice_pooled"), *([_f(r.get("dice_pooled_seed_sd"))] if multi else []),
+             _f(r.get("paper_dice"), 2)] for _, r in df.iterrows()]
+    r0 = df.iloc[0]
+    seeds = f"{int(r0['n_seeds'])} training seeds, mean over seeds" if multi else "one training seed"
+    return (f"`dice_pooled` on {int(r0['n_test_images'])} test images, {seeds}; `[lo, hi]`: {_over(df)}.\n\n"
+            + _md(["scenario", "`dice_pooled` [95 % CI]", *(["sd over seeds"] if multi else []), "paper's Dice"],
+                  rows))
+
+
 def _verdicts(df: pd.DataFrame) -> pd.Series:
     """Each pair's verdict (column ``verdict``, :func:`pneumolib.evaluation.uncertainty.verdict`)."""
     if "verdict" not in df:
@@ -354,7 +366,7 @@ def fmt_label_efficiency(df: pd.DataFrame) -> str:
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
-    "table4": fmt_table4, "pairs": fmt_pairs, "ae_choice": fmt_ae_choice, "pairs_short": fmt_pairs_short,
+    "table4": fmt_table4, "table4_short": fmt_table4_short, "pairs": fmt_pairs, "ae_choice": fmt_ae_choice, "pairs_short": fmt_pairs_short,
     "realism": fmt_realism,
     "realism_short": fmt_realism_short, "copy_through": fmt_copy_through, "leakage": fmt_leakage,
     "image_level": fmt_image_level,
