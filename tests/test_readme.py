@@ -340,3 +340,13 @@ def test_ae_choice_summary_says_what_it_resampled():
     text = summaries.fmt_ae_choice(df)
     assert "`ae_encoder`" in text and "**75%**" in text and "training seeds and validation images" in text
     assert "training variance unmeasured" in summaries.fmt_ae_choice(df.assign(n_seeds=1))
+
+
+def test_table4_says_what_its_intervals_resample():
+    row = {"scenario": "x", "dice_pooled": 0.4, "dice_pooled_ci95_lo": 0.3, "dice_pooled_ci95_hi": 0.5,
+           "dice_pooled_seed_sd": 0.05, "paper_dice": 0.5, "n_test_images": 100, "n_test_positive": 20}
+    many = pd.DataFrame([{**row, "n_seeds": 5, "seeds": "1, 2, 3, 4, 5", "training_variance": "resampled (5 seeds)"}])
+    one = pd.DataFrame([{**row, "n_seeds": 1, "seeds": "1", "training_variance": "unmeasured (1 seed)"}])
+    for fmt in (summaries.fmt_table4, summaries.fmt_table4_short):
+        assert "over training seeds and test images" in fmt(many) and "sd over seeds" in fmt(many)
+        assert "test images only" in fmt(one) and "do not rank" in fmt(one) and "sd over seeds" not in fmt(one)
