@@ -288,6 +288,15 @@ def test_collect_writes_the_runs_machine(tmp_path, monkeypatch):
     stamp = json.loads((out / "RUN.json").read_text())
     assert stamp["machine"] == facts and stamp["machine_from"] == "the runs' metrics.json"
     assert stamp["commits"] == ["abc"] and stamp["command"] == "pneumo reproduce"
+    # a run whose ISA probe timed out (ISA inferred from the flags) is still the same machine
+    other = tmp_path / "home" / "results" / "demo" / "ae_xray"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"provenance": {"git": {"commit": "abc"}, "device": {
+        "machine": {**facts, "onednn_isa_method": "inferred from CPU flags"}}}}))
+    assert summaries._run_machine(tmp_path / "home", "demo") == (facts, "the runs' metrics.json")
+    (other / "metrics.json").write_text(json.dumps({"provenance": {"device": {
+        "machine": {**facts, "cpu_model": "Another CPU"}}}}))
+    assert summaries._run_machine(tmp_path / "home", "demo")[1].startswith("the machine that collected (the runs")
 
 
 # -- the benchmark page and the real-data table -----------------------------------------------------

@@ -89,14 +89,27 @@ def _main_runs(home: Path, profile: str) -> pd.DataFrame:
 
 def _run_machine(home: Path, profile: str) -> tuple[dict[str, Any], str]:
     """The machine facts the runs' ``metrics.json`` recorded (``provenance.device.machine``)
-    when every run recorded the same, else :func:`runio.machine_facts` of this machine."""
-    seen = []
+    when every run recorded the same machine, else :func:`runio.machine_facts` of this machine.
+    How the ISA was found (``*_method``, ``*_text``: the probe, or the CPU flags when the probe
+    timed out) does not make another machine; the facts most runs recorded are kept."""
+    seen: list[tuple[dict[str, Any], int]] = []
     for m in sorted((home / "results" / profile).rglob("metrics.json")):
         facts = ((json.loads(m.read_text()).get("provenance") or {}).get("device") or {}).get("machine")
-        if isinstance(facts, dict) and facts not in seen:
-            seen.append(facts)
-    if len(seen) == 1:
-        return seen[0], "the runs' metrics.json"
+        if isinstance(facts, dict):
+            for i, (f, n) in enumerate(seen):
+                if f == facts:
+                    seen[i] = (f, n + 1)
+                    break
+            else:
+                seen.append((facts, 1))
+
+    def machine(f: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in f.items() if not k.endswith(("_method", "_text"))}
+
+    if seen and all(machine(f) == machine(seen[0][0]) for f, _ in seen):
+        # most runs first; on a tie the facts of a probe that answered
+        best = max(seen, key=lambda fn: (fn[1], "inferred" not in str(fn[0].get("onednn_isa_method"))))
+        return best[0], "the runs' metrics.json"
     return runio.machine_facts(), "the machine that collected" + (" (the runs recorded several)" if seen else "")
 
 
