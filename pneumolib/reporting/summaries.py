@@ -346,10 +346,17 @@ def fmt_realism_short(df: pd.DataFrame) -> str:
             f"map correlates with the real one at Pearson **r = {corr}** ([docs/DATA.md](docs/DATA.md)).\n")
 
 
+def _seeds(r: pd.Series) -> str:
+    """A study row's training seeds (its interval resamples them only when several)."""
+    n = r.get("n_seeds")
+    return "" if n is None or pd.isna(n) else str(int(n))
+
+
 def fmt_leakage(df: pd.DataFrame) -> str:
     rows = [[f"`{r['scenario']}`", r["protocol"], r["test_items"], f"{int(r['n_test_images'])} ({int(r['n_positive'])})",
-             int(r["leaked_test_items"]), _ci(r, "dice_pooled"), _ci(r, "dice_per_image")] for _, r in df.iterrows()]
-    return _md(["scenario", "protocol", "test items", "n (positive)", "items with a copy in train/val",
+             int(r["leaked_test_items"]), _seeds(r), _ci(r, "dice_pooled"), _ci(r, "dice_per_image")]
+            for _, r in df.iterrows()]
+    return _md(["scenario", "protocol", "test items", "n (positive)", "items with a copy in train/val", "seeds",
                 "`dice_pooled`", "`dice_per_image`"], rows)
 
 
@@ -357,15 +364,16 @@ def fmt_image_level(df: pd.DataFrame) -> str:
     piv = df.pivot_table(index="run", columns="method", values="dice_per_image", aggfunc="first", sort=False)
     cols = [c for c in ("all_empty", "threshold", "triplet", "gate", "gate+triplet") if c in piv.columns]
     rows = [[f"`{run}`", *[_f(piv.loc[run, c]) for c in cols]] for run in piv.index]
-    return "Kaggle score (`dice_per_image`) on test, every parameter tuned on validation only.\n\n" + _md(
+    return ("Kaggle score (`dice_per_image`) on test, every parameter tuned on validation only; one run per row "
+            "(the base seed's: training variance unmeasured).\n\n") + _md(
         ["run", *cols], rows)
 
 
 def fmt_pretext(df: pd.DataFrame) -> str:
-    rows = [[f"`{r['scenario']}`", r["pretrained_from"], _f(r["ae_copy_through_ratio"], 2), _ci(r, "dice_pooled"),
-             _ci(r, "dice_per_image")] for _, r in df.iterrows()]
-    return _md(["scenario", "pretrained from", "autoencoder copy-through ratio", "`dice_pooled`", "`dice_per_image`"],
-               rows)
+    rows = [[f"`{r['scenario']}`", r["pretrained_from"], _f(r["ae_copy_through_ratio"], 2), _seeds(r),
+             _ci(r, "dice_pooled"), _ci(r, "dice_per_image")] for _, r in df.iterrows()]
+    return _md(["scenario", "pretrained from", "autoencoder copy-through ratio", "seeds", "`dice_pooled`",
+                "`dice_per_image`"], rows)
 
 
 def fmt_label_efficiency(df: pd.DataFrame) -> str:
@@ -374,8 +382,11 @@ def fmt_label_efficiency(df: pd.DataFrame) -> str:
     for sc, sub in df.groupby("scenario", sort=False):
         s = sub.set_index("label_frac")
         rows.append([f"`{sc}`", *[_ci(s.loc[f], "dice_pooled") if f in s.index else "" for f in fracs]])
-    return "Pooled Dice [95 % CI] by share of the training labels (equal optimiser steps).\n\n" + _md(
-        ["scenario", *[f"{f:.0%}" for f in fracs]], rows)
+    seeds = ", ".join(f"{f:.0%}: {int(df.loc[df['label_frac'] == f, 'n_seeds'].min())}" for f in fracs) \
+        if "n_seeds" in df else "not recorded"
+    return ("Pooled Dice [95 % CI] by share of the training labels (equal optimiser steps); training seeds per "
+            f"column {seeds} (the interval resamples seeds and test images where several, test images only where "
+            "one).\n\n" + _md(["scenario", *[f"{f:.0%}" for f in fracs]], rows))
 
 
 FORMATTERS: dict[str, Callable[[pd.DataFrame], str]] = {
