@@ -281,13 +281,17 @@ def test_collect_writes_the_runs_machine(tmp_path, monkeypatch):
     facts = {"cpu_model": "Recorded CPU", "arch": "x86_64", "cpu_count": 3}
     run = tmp_path / "home" / "results" / "demo" / "random"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({"provenance": {"git": {"commit": "abc"},
-                                                                "device": {"machine": facts}}}))
+    (run / "metrics.json").write_text(json.dumps({"task": "seg", "scenario": "random", "test": {"dice_pooled": 0.4},
+                                                  "provenance": {"git": {"commit": "abc"}, "code": {"results": "r1"},
+                                                                 "config": {"seed": 42},
+                                                                 "device": {"machine": facts}}}))
     monkeypatch.setattr(summaries, "SUMMARIES", tmp_path / "readme")
     out = summaries.collect(tmp_path / "home", "t", command="pneumo reproduce", what=("tables",))
     stamp = json.loads((out / "RUN.json").read_text())
     assert stamp["machine"] == facts and stamp["machine_from"] == "the runs' metrics.json"
-    assert stamp["commits"] == ["abc"] and stamp["command"] == "pneumo reproduce"
+    assert stamp["commits"] == ["abc"] and stamp["command"] == "pneumo reproduce" and stamp["results_code"] == ["r1"]
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs[["run", "scenario", "seed", "dice_pooled"]].values.tolist() == [["random", "random", 42, 0.4]]
     # a run whose ISA probe timed out (ISA inferred from the flags) is still the same machine
     other = tmp_path / "home" / "results" / "demo" / "ae_xray"
     other.mkdir()
