@@ -22,7 +22,8 @@ if [ "$label" = 1 ]; then  # the first run starts the set afresh
   what=tables,figures,timing
   rm -rf "$repo/figures/readme/$set_name"
 fi
-"$repo/.venv/bin/python" -m pneumolib.reporting.summaries collect --home "$work/home" --set "$set_name" \
+cd "$repo"  # collect into this checkout, with its package (python -m imports from the current folder)
+.venv/bin/python -m pneumolib.reporting.summaries collect --home "$work/home" --set "$set_name" \
   --label "$label" --what "$what" --command "./setup.sh && .venv/bin/pneumo reproduce" \
   --setup-seconds "$(echo "$t1 - $t0" | bc)" --wall-seconds "$(echo "$t2 - $t1" | bc)" \
   --timings-note "wall clock of ./setup.sh and then of pneumo reproduce (empty PNEUMO_HOME and cache) in a fresh git clone, read with date before and after each by scripts/time_fresh_clone.sh"
